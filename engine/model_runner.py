@@ -1,0 +1,185 @@
+"""The model runner: one batched forward over many sequences of different lengths.
+
+A step is a list of chunks, one per sequence: new tokens to append to a
+context (a prefill chunk or one decode token), and whether to sample after
+them. The whole step is flattened into plain arrays (token ids, positions,
+the flat KV slot of every new token, each sequence's gather index) and run
+as **one** forward of the Hugging Face model with ``use_cache=False``; our
+attention function, registered with transformers' ``AttentionInterface``,
+writes the new keys and values into the paged pool and reads each sequence's
+pages. The model's own code (projections, RoPE, MLP, norms) is untouched, so
+any causal LM whose attention goes through that interface works.
+
+Decode rows (one query token each) share one padded SDPA call per layer;
+prefill chunks get one causal SDPA call each.
+
+The runner owns the model and the pool tensors and runs only on the engine's
+batch-loop thread. It never decides who runs and never touches quotas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from .kv import Context, KvPool
+from .sampling import Sample, Sampler, sample
+
+ATTN_NAME = "potluck_paged"
+
+
+@dataclass
+class Chunk:
+    ctx: Context
+    tokens: list[int]
+    sampler: Sampler | None          # None: fill only, no logits needed
+    generator: torch.Generator | None = None
+
+
+@dataclass
+class StepMeta:
+    pool: KvPool
+    slot_mapping: torch.Tensor                 # [T] flat slot of each new token
+    dec_rows: torch.Tensor | None              # [B] packed index of each decode token
+    dec_gather: torch.Tensor | None            # [B, L] flat slots to read, padded
+    dec_mask: torch.Tensor | None              # [B, 1, 1, L] True where a key is visible
+    prefills: list[tuple[int, int, torch.Tensor | None, torch.Tensor | None]]
+    # (start, end) in the packed tokens, gather index over the whole context
+    # (None when the chunk is the context's first, so it attends only to itself),
+    # causal mask with the chunk's offset (None: plain causal)
+
+
+def paged_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Attention over the paged pool; falls back to SDPA for ordinary calls (e.g. ``generate``)."""
+    step: StepMeta | None = kwargs.pop("potluck_step", None)
+    if step is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask,
+                                      dropout=dropout, scaling=scaling, **kwargs)
+    layer = module.layer_idx
+    kc, vc = step.pool.k[layer], step.pool.v[layer]
+    k_new = key[0].transpose(0, 1)                     # [T, kvh, d]
+    v_new = value[0].transpose(0, 1)
+    kc.index_copy_(0, step.slot_mapping, k_new)
+    vc.index_copy_(0, step.slot_mapping, v_new)
+
+    q = query[0]                                        # [h, T, d]
+    heads, total, dim = q.shape
+    groups = heads // key.shape[1]
+    out = torch.empty((total, heads, dim), dtype=query.dtype, device=query.device)
+
+    if step.dec_rows is not None:
+        qd = q[:, step.dec_rows].transpose(0, 1).unsqueeze(2)          # [B, h, 1, d]
+        kd = kc[step.dec_gather].permute(0, 2, 1, 3)                   # [B, kvh, L, d]
+        vd = vc[step.dec_gather].permute(0, 2, 1, 3)
+        if groups > 1:
+            kd = kd.repeat_interleave(groups, dim=1)
+            vd = vd.repeat_interleave(groups, dim=1)
+        o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=step.dec_mask, scale=scaling)
+        out[step.dec_rows] = o[:, :, 0]
+
+    for start, end, gather, mask in step.prefills:
+        qp = q[:, start:end].unsqueeze(0)                               # [1, h, n, d]
+        if gather is None:
+            kp = key[:, :, start:end]
+            vp = value[:, :, start:end]
+        else:
+            kp = kc[gather].transpose(0, 1).unsqueeze(0)
+            vp = vc[gather].transpose(0, 1).unsqueeze(0)
+        if groups > 1:
+            kp = kp.repeat_interleave(groups, dim=1)
+            vp = vp.repeat_interleave(groups, dim=1)
+        o = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask, is_causal=mask is None,
+                                           scale=scaling)
+        out[start:end] = o[0].transpose(0, 1)
+    return out.unsqueeze(0), None
+
+
+AttentionInterface.register(ATTN_NAME, paged_attention)
+AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
+
+
+class ModelRunner:
+    def __init__(self, model: torch.nn.Module, pool: KvPool):
+        self.model = model
+        self.pool = pool
+        self.device = pool.k.device
+        self.vocab_size = model.config.vocab_size
+        model.set_attn_implementation(ATTN_NAME)
+        # A prepared 4-D mask makes transformers' mask builder return at once;
+        # our attention function ignores it.
+        self._no_mask = torch.zeros((1, 1, 1, 1), dtype=torch.bool, device=self.device)
+
+    def _positions(self, ctx: Context, upto: int) -> torch.Tensor:
+        ps = self.pool.page_size
+        slots = torch.tensor([p.slot for p in ctx.pages[:-(-upto // ps)]], dtype=torch.long)
+        return (slots[:, None] * ps + torch.arange(ps)).flatten()[:upto]
+
+    @torch.inference_mode()
+    def step(self, chunks: list[Chunk]) -> list[Sample | None]:
+        """Run one forward over all chunks. Pages must already be prepared (``KvPool.prepare_write``)."""
+        ps = self.pool.page_size
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[torch.Tensor] = []
+        dec_rows: list[int] = []
+        dec_gathers: list[torch.Tensor] = []
+        prefills = []
+        keep: list[int] = []
+        for ch in chunks:
+            start = ch.ctx.length
+            n = len(ch.tokens)
+            kv_len = start + n
+            at = len(ids)
+            ids.extend(ch.tokens)
+            pos.extend(range(start, kv_len))
+            gather = self._positions(ch.ctx, kv_len)
+            slots.append(gather[start:])
+            if n == 1:
+                dec_rows.append(at)
+                dec_gathers.append(gather)
+            elif start == 0:
+                prefills.append((at, at + n, None, None))
+            else:
+                q_pos = torch.arange(start, kv_len)
+                mask = torch.arange(kv_len)[None, :] <= q_pos[:, None]
+                prefills.append((at, at + n, gather.to(self.device), mask.to(self.device)))
+            if ch.sampler is not None:
+                keep.append(at + n - 1)
+
+        dev = self.device
+        dec = (None, None, None)
+        if dec_rows:
+            lmax = max(len(g) for g in dec_gathers)
+            gidx = torch.zeros((len(dec_rows), lmax), dtype=torch.long)
+            mask = torch.zeros((len(dec_rows), 1, 1, lmax), dtype=torch.bool)
+            for r, g in enumerate(dec_gathers):
+                gidx[r, :len(g)] = g
+                mask[r, 0, 0, :len(g)] = True
+            dec = (torch.tensor(dec_rows, device=dev), gidx.to(dev), mask.to(dev))
+        meta = StepMeta(self.pool, torch.cat(slots).to(dev), *dec, prefills)
+
+        if not keep:
+            keep_idx = torch.tensor([len(ids) - 1], device=dev)
+        else:
+            keep_idx = torch.tensor(keep, device=dev)
+        out = self.model(
+            input_ids=torch.tensor([ids], device=dev),
+            position_ids=torch.tensor([pos], device=dev),
+            attention_mask=self._no_mask,
+            use_cache=False,
+            logits_to_keep=keep_idx,
+            potluck_step=meta,
+        )
+        results: list[Sample | None] = [None] * len(chunks)
+        if keep:
+            logits = out.logits[0]
+            want = [i for i, ch in enumerate(chunks) if ch.sampler is not None]
+            samples = sample(logits, [chunks[i].sampler for i in want], [chunks[i].generator for i in want])
+            for i, s in zip(want, samples):
+                results[i] = s
+        return results

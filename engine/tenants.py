@@ -1,0 +1,221 @@
+"""Tenants and their quotas.
+
+The tenant is the hub user name. A tenant's effective quota is resolved in
+layers: the engine's defaults, then each of the user's groups' ``potluck``
+properties (combined by the most generous value), then a per-user override
+set by an admin. Every effective value remembers where it came from, so
+``/api/me`` can say "tokens_per_minute = 20000 (group: students)".
+
+Enforcement lives here too: the token-rate windows and the per-request and
+concurrency limits. Every refusal names the quota field and its value.
+Nothing here touches tensors or pages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from .errors import BadRequest, QuotaExceeded, RequestTooLarge
+from .scheduler import PRIORITIES
+
+
+@dataclass(frozen=True)
+class Quota:
+    weight: float = 1.0                       # share of the accelerator relative to others
+    priority: str = "interactive"             # "interactive" or "batch"
+    kv_pages: int | None = 4096               # hard cap on KV pages held (None: no cap)
+    kv_pages_soft: int | None = None          # share kept on the device before swapping (None: equal share)
+    max_runs: int | None = 4                  # concurrent inferlet runs
+    max_concurrent_requests: int | None = 32  # concurrent generation requests
+    tokens_per_minute: int | None = None
+    tokens_per_day: int | None = None
+    max_tokens_per_request: int | None = 4096
+    fuel_per_run: int | None = 20_000_000_000
+    max_run_seconds: float | None = 600.0
+    memory_mb_per_run: int | None = 256
+    models: tuple[str, ...] = ("*",)
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["models"] = list(self.models)
+        return d
+
+
+QUOTA_FIELDS = {f.name: f for f in dataclasses.fields(Quota)}
+_INT_FIELDS = {"kv_pages", "kv_pages_soft", "max_runs", "max_concurrent_requests", "tokens_per_minute",
+               "tokens_per_day", "max_tokens_per_request", "fuel_per_run", "memory_mb_per_run"}
+_FLOAT_FIELDS = {"weight", "max_run_seconds"}
+
+
+def validate_quota_fields(fields: dict, *, where: str = "quota") -> dict:
+    """Check a partial quota (an override or a group's properties); return it normalised."""
+    if not isinstance(fields, dict):
+        raise BadRequest(f"{where} must be a JSON object of quota fields", code="invalid_quota")
+    out = {}
+    for name, value in fields.items():
+        if name not in QUOTA_FIELDS:
+            raise BadRequest(f"{where}: unknown quota field {name!r}; known: {', '.join(QUOTA_FIELDS)}",
+                             code="invalid_quota")
+        if name in _INT_FIELDS:
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise BadRequest(f"{where}: {name} must be a non-negative integer or null (no limit), got {value!r}",
+                                 code="invalid_quota")
+        elif name in _FLOAT_FIELDS:
+            ok = value is None and name != "weight"
+            ok = ok or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                        and math.isfinite(value) and value > 0)
+            if not ok:
+                raise BadRequest(f"{where}: {name} must be a positive number, got {value!r}", code="invalid_quota")
+        elif name == "priority":
+            if value not in PRIORITIES:
+                raise BadRequest(f"{where}: priority must be one of {sorted(PRIORITIES)}, got {value!r}",
+                                 code="invalid_quota")
+        elif name == "models":
+            if not isinstance(value, (list, tuple)) or not all(isinstance(m, str) for m in value):
+                raise BadRequest(f"{where}: models must be a list of model names (or ['*'])", code="invalid_quota")
+            value = tuple(value)
+        out[name] = value
+    return out
+
+
+def _more_generous(name: str, a, b):
+    if name == "models":
+        return tuple(sorted(set(a) | set(b)))
+    if name == "priority":
+        return "interactive" if "interactive" in (a, b) else a
+    if a is None or b is None:          # None = no limit, the most generous
+        return None
+    return max(a, b)
+
+
+def resolve_quota(defaults: Quota, groups: dict[str, dict] | None = None,
+                  override: dict | None = None, combine: str = "max") -> tuple[Quota, dict[str, str]]:
+    """Effective quota and, per field, where its value came from."""
+    values = dataclasses.asdict(defaults)
+    source = {name: "default" for name in values}
+    group_vals: dict[str, tuple] = {}
+    for gname in sorted(groups or {}):
+        for name, value in (groups[gname] or {}).items():
+            if name not in group_vals:
+                group_vals[name] = (value, f"group:{gname}")
+            elif combine == "max":
+                merged = _more_generous(name, group_vals[name][0], value)
+                if merged != group_vals[name][0]:
+                    group_vals[name] = (merged, f"group:{gname}")
+    for name, (value, src) in group_vals.items():
+        values[name], source[name] = value, src
+    for name, value in (override or {}).items():
+        values[name], source[name] = value, "user"
+    values["models"] = tuple(values["models"])
+    return Quota(**values), source
+
+
+class TokenWindow:
+    """Tokens used in the last minute (1-second buckets) and in the current UTC day."""
+
+    def __init__(self, day_start_tokens: int = 0):
+        self._buckets: deque[tuple[int, int]] = deque()
+        self._minute = 0
+        self._day = datetime.now(timezone.utc).date()
+        self._day_tokens = day_start_tokens
+
+    def _roll(self, now: float) -> None:
+        sec = int(now)
+        while self._buckets and self._buckets[0][0] <= sec - 60:
+            self._minute -= self._buckets.popleft()[1]
+        today = datetime.now(timezone.utc).date()
+        if today != self._day:
+            self._day, self._day_tokens = today, 0
+
+    def add(self, n: int, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        self._roll(now)
+        sec = int(now)
+        if self._buckets and self._buckets[-1][0] == sec:
+            self._buckets[-1] = (sec, self._buckets[-1][1] + n)
+        else:
+            self._buckets.append((sec, n))
+        self._minute += n
+        self._day_tokens += n
+
+    def minute(self, now: float | None = None) -> int:
+        self._roll(time.time() if now is None else now)
+        return self._minute
+
+    def day(self) -> int:
+        self._roll(time.time())
+        return self._day_tokens
+
+
+@dataclass
+class Tenant:
+    name: str
+    groups: tuple[str, ...] = ()
+    is_admin: bool = False
+    quota: Quota = field(default_factory=Quota)
+    quota_source: dict[str, str] = field(default_factory=dict)
+    group_quotas: dict[str, dict] | None = None   # each group's potluck properties, as last seen
+    override: dict | None = None                   # the admin's per-user override (no store: kept here)
+    window: TokenWindow = field(default_factory=TokenWindow)
+    active_requests: int = 0
+    active_runs: int = 0
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+    page_seconds: float = 0.0
+    fuel: int = 0
+
+    @property
+    def priority(self) -> int:
+        return PRIORITIES[self.quota.priority]
+
+    # --- checks at the door: each names the limit it enforces ----------------
+    def check_model(self, model: str) -> None:
+        if "*" not in self.quota.models and model not in self.quota.models:
+            raise QuotaExceeded("models", list(self.quota.models),
+                                f"your quota does not include model {model!r}; allowed: {', '.join(self.quota.models)}",
+                                status=403)
+
+    def check_request(self, prompt_tokens: int, max_tokens: int) -> None:
+        q = self.quota
+        if q.max_tokens_per_request is not None and max_tokens > q.max_tokens_per_request:
+            raise RequestTooLarge("max_tokens_per_request", q.max_tokens_per_request,
+                                  f"max_tokens {max_tokens} is over your max_tokens_per_request limit "
+                                  f"{q.max_tokens_per_request}; ask for fewer tokens")
+        if q.max_concurrent_requests is not None and self.active_requests >= q.max_concurrent_requests:
+            raise QuotaExceeded("max_concurrent_requests", q.max_concurrent_requests,
+                                f"you already have {self.active_requests} requests running, your "
+                                f"max_concurrent_requests limit; wait for one to finish")
+        self.check_rate(prompt_tokens)
+
+    def check_rate(self, tokens: int = 0) -> None:
+        q = self.quota
+        if q.tokens_per_minute is not None:
+            used = self.window.minute()
+            if used + tokens > q.tokens_per_minute:
+                raise QuotaExceeded("tokens_per_minute", q.tokens_per_minute,
+                                    f"token rate limit: {used} tokens used in the last minute "
+                                    f"(+{tokens} asked) against your tokens_per_minute limit "
+                                    f"{q.tokens_per_minute}; try again in a minute")
+        if q.tokens_per_day is not None:
+            used = self.window.day()
+            if used + tokens > q.tokens_per_day:
+                raise QuotaExceeded("tokens_per_day", q.tokens_per_day,
+                                    f"daily token limit: {used} tokens used today (UTC) against your "
+                                    f"tokens_per_day limit {q.tokens_per_day}")
+
+    def usage_json(self) -> dict:
+        return {
+            "prefill_tokens": self.prefill_tokens,
+            "decode_tokens": self.decode_tokens,
+            "page_seconds": round(self.page_seconds, 3),
+            "fuel": self.fuel,
+            "tokens_last_minute": self.window.minute(),
+            "tokens_today": self.window.day(),
+            "active_requests": self.active_requests,
+            "active_runs": self.active_runs,
+        }

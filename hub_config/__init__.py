@@ -1,0 +1,1 @@
+"""Potluck hub_config."""

@@ -1,0 +1,371 @@
+"""The engine's persistence: what survives a restart, and what stays in its tenant's namespace."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import select
+
+from potluck.engine.store import Store, TokenRecord, UsageLedger
+
+H0 = datetime(2025, 3, 1, 10, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def db_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'potluck.sqlite'}"
+
+
+@pytest.fixture
+def store(db_url):
+    s = Store(db_url)
+    yield s
+    s.close()
+
+
+def reopen(store: Store, db_url: str) -> Store:
+    store.close()
+    return Store(db_url)
+
+
+# ---- quota overrides
+
+
+def test_quota_override_survives_reopen(store, db_url):
+    store.set_override("alice", {"weight": 2, "kv_pages": 100}, actor="admin")
+    store = reopen(store, db_url)
+    try:
+        assert store.get_override("alice") == {"weight": 2, "kv_pages": 100}
+        assert store.list_overrides() == {"alice": {"weight": 2, "kv_pages": 100}}
+    finally:
+        store.close()
+
+
+def test_set_override_replaces_rather_than_merges(store):
+    store.set_override("alice", {"weight": 2, "kv_pages": 100}, actor="admin")
+    store.set_override("alice", {"max_runs": 3}, actor="admin")
+    assert store.get_override("alice") == {"max_runs": 3}
+
+
+def test_override_of_unknown_user_is_none_and_delete_returns_false(store):
+    assert store.get_override("nobody") is None
+    assert store.delete_override("nobody", actor="admin") is False
+
+
+def test_set_and_delete_override_are_audited_newest_first(store):
+    store.set_override("alice", {"weight": 2}, actor="root")
+    assert store.delete_override("alice", actor="root") is True
+    assert store.get_override("alice") is None
+    log = store.audit_log()
+    assert [(e["actor"], e["action"], e["target"]) for e in log] == [
+        ("root", "quota.delete", "alice"),
+        ("root", "quota.set", "alice"),
+    ]
+    assert log[1]["detail"] == {"weight": 2}
+
+
+def test_audit_log_filters_by_actor_and_limits(store):
+    for i in range(5):
+        store.audit("alice", "run.submit", target=f"run-{i}", detail={"n": i})
+    store.audit("bob", "run.submit", target="run-x")
+    mine = store.audit_log(limit=2, actor="alice")
+    assert [e["target"] for e in mine] == ["run-4", "run-3"]
+    assert all(e["actor"] == "alice" for e in mine)
+    assert datetime.fromisoformat(mine[0]["ts"]).tzinfo is not None
+
+
+# ---- usage ledger in the store
+
+
+def test_usage_adds_accumulate_across_calls_and_hours_and_survive_reopen(store, db_url):
+    store.add_usage("alice", H0, prefill_tokens=10, decode_tokens=5, requests=1)
+    store.add_usage("alice", H0 + timedelta(minutes=30), prefill_tokens=1, page_seconds=1.5, fuel=7)
+    store.add_usage("alice", H0 + timedelta(hours=1), decode_tokens=100, requests=1)
+    store.add_usage("bob", H0, prefill_tokens=999)
+    store = reopen(store, db_url)
+    try:
+        assert store.usage_totals("alice") == {
+            "prefill_tokens": 11, "decode_tokens": 105, "page_seconds": 1.5, "fuel": 7, "requests": 2,
+        }
+        # `since` counts from the start of the hour it falls in.
+        later = store.usage_totals("alice", since=H0 + timedelta(hours=1, minutes=20))
+        assert later["decode_tokens"] == 100 and later["prefill_tokens"] == 0
+        assert set(store.usage_all()) == {"alice", "bob"}
+        assert store.usage_all()["bob"]["prefill_tokens"] == 999
+    finally:
+        store.close()
+
+
+def test_usage_of_unknown_tenant_is_all_zero(store):
+    assert store.usage_totals("nobody") == {
+        "prefill_tokens": 0, "decode_tokens": 0, "page_seconds": 0.0, "fuel": 0, "requests": 0,
+    }
+
+
+# ---- UsageLedger
+
+
+def test_ledger_totals_include_pending_before_flush(store):
+    ledger = UsageLedger(store)
+    store.add_usage("alice", datetime.now(timezone.utc), prefill_tokens=100)
+    ledger.record("alice", prefill_tokens=5, decode_tokens=3, requests=1)
+    assert store.usage_totals("alice")["prefill_tokens"] == 100  # not written yet
+    assert ledger.totals("alice")["prefill_tokens"] == 105
+    assert ledger.tokens_since("alice", datetime.now(timezone.utc) - timedelta(days=1)) == 108
+    assert ledger.totals_all()["alice"]["requests"] == 1
+
+
+def test_ledger_flush_persists_and_does_not_double_count(store):
+    ledger = UsageLedger(store)
+    ledger.record("alice", decode_tokens=7, fuel=11, page_seconds=0.25)
+    assert ledger.flush() is True
+    assert store.usage_totals("alice")["decode_tokens"] == 7
+    assert ledger.totals("alice") == store.usage_totals("alice")
+    assert ledger.flush() is True  # nothing pending: nothing added twice
+    assert store.usage_totals("alice")["fuel"] == 11
+
+
+def test_ledger_close_flushes_and_survives_reopen(store, db_url):
+    ledger = UsageLedger(store, flush_interval=3600)
+    ledger.start()
+    ledger.record("alice", prefill_tokens=42)
+    ledger.close()
+    store = reopen(store, db_url)
+    try:
+        assert store.usage_totals("alice")["prefill_tokens"] == 42
+    finally:
+        store.close()
+
+
+def test_ledger_background_thread_flushes_on_its_own(store):
+    ledger = UsageLedger(store, flush_interval=0.02)
+    ledger.start()
+    try:
+        ledger.record("alice", requests=1)
+        for _ in range(200):
+            if store.usage_totals("alice")["requests"] == 1:
+                break
+            threading.Event().wait(0.01)
+        assert store.usage_totals("alice")["requests"] == 1
+    finally:
+        ledger.close()
+
+
+def test_failed_flush_keeps_the_amounts_for_the_next_flush(store, monkeypatch):
+    ledger = UsageLedger(store)
+    ledger.record("alice", prefill_tokens=10)
+    ledger.record("bob", decode_tokens=20)
+    real_add = store.add_usage
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("database is down")
+
+    monkeypatch.setattr(store, "add_usage", broken)
+    assert ledger.flush() is False
+    ledger.record("alice", prefill_tokens=1)  # recorded while the database was down
+    assert ledger.totals("alice")["prefill_tokens"] == 11  # still visible to readers
+
+    monkeypatch.setattr(store, "add_usage", real_add)
+    assert ledger.flush() is True
+    assert store.usage_totals("alice")["prefill_tokens"] == 11
+    assert store.usage_totals("bob")["decode_tokens"] == 20
+
+
+def test_concurrent_record_from_8_threads_sums_exactly(store):
+    ledger = UsageLedger(store)
+    go = threading.Barrier(8)
+
+    def worker():
+        go.wait()
+        for _ in range(1000):
+            ledger.record("alice", decode_tokens=1, page_seconds=0.5, requests=1)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ledger.flush()
+    assert store.usage_totals("alice") == {
+        "prefill_tokens": 0, "decode_tokens": 8000, "page_seconds": 4000.0, "fuel": 0, "requests": 8000,
+    }
+
+
+def test_concurrent_add_usage_to_a_new_row_loses_nothing(store):
+    go = threading.Barrier(4)
+
+    def worker():
+        go.wait()
+        for _ in range(10):
+            store.add_usage("alice", H0, decode_tokens=1)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.usage_totals("alice")["decode_tokens"] == 40
+
+
+# ---- key-value store
+
+
+def test_kv_is_namespaced_per_tenant(store):
+    store.kv_put("alice", "notes/1", b"secret")
+    store.kv_put("alice", "notes/2", b"more")
+    store.kv_put("bob", "other", b"x")
+    assert store.kv_get("alice", "notes/1") == b"secret"
+    assert store.kv_get("bob", "notes/1") is None
+    assert store.kv_delete("bob", "notes/1") is False
+    assert store.kv_keys("alice") == ["notes/1", "notes/2"]
+    assert store.kv_keys("bob") == ["other"]
+    assert store.kv_get("alice", "notes/1") == b"secret"  # bob's delete touched nothing
+
+
+def test_kv_put_replaces_and_delete_removes(store):
+    store.kv_put("alice", "k", b"1")
+    store.kv_put("alice", "k", b"2")
+    assert store.kv_get("alice", "k") == b"2"
+    assert store.kv_delete("alice", "k") is True
+    assert store.kv_get("alice", "k") is None
+    assert store.kv_delete("alice", "k") is False
+
+
+def test_kv_keys_prefix_is_literal_not_a_wildcard(store):
+    for key in ("a_1", "ab", "a%", "b"):
+        store.kv_put("alice", key, b"")
+    assert store.kv_keys("alice", prefix="a_") == ["a_1"]
+    assert store.kv_keys("alice", prefix="a%") == ["a%"]
+    assert store.kv_keys("alice", prefix="a") == ["a%", "a_1", "ab"]
+
+
+def test_kv_limits_raise_value_error_naming_the_limit(db_url):
+    store = Store(db_url, kv_max_value_bytes=16)
+    try:
+        with pytest.raises(ValueError, match="256"):
+            store.kv_put("alice", "k" * 257, b"")
+        with pytest.raises(ValueError, match="non-empty"):
+            store.kv_put("alice", "", b"")
+        with pytest.raises(ValueError, match="16 bytes"):
+            store.kv_put("alice", "k", b"x" * 17)
+        store.kv_put("alice", "k" * 256, b"x" * 16)  # exactly at both limits is fine
+        assert store.kv_get("alice", "k" * 256) == b"x" * 16
+    finally:
+        store.close()
+
+
+def test_kv_value_limit_defaults_to_one_mib(store):
+    with pytest.raises(ValueError, match=str(1 << 20)):
+        store.kv_put("alice", "big", b"\0" * ((1 << 20) + 1))
+
+
+# ---- API tokens
+
+
+def test_token_resolves_to_name_and_admin_flag(store):
+    alice = store.create_token("alice")
+    root = store.create_token("root", is_admin=True)
+    assert len(alice) == 64 and alice != root
+    assert store.resolve_token(alice) == ("alice", False)
+    assert store.resolve_token(root) == ("root", True)
+    assert store.resolve_token("not-a-token") is None
+    assert store.resolve_token("") is None
+
+
+def test_only_the_token_hash_is_stored(store, db_url, tmp_path):
+    token = store.create_token("alice")
+    with store._session() as s:
+        (rec,) = s.scalars(select(TokenRecord))
+        assert rec.token_hash != token and token not in rec.token_hash
+    listed = store.list_tokens()
+    assert listed == [{"name": "alice", "is_admin": False, "created_at": listed[0]["created_at"],
+                       "last_used": None}]
+    store.close()  # checkpoints the WAL into the main file
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("potluck.sqlite"))
+    assert token.encode() not in raw
+
+
+def test_resolve_updates_last_used(store):
+    token = store.create_token("alice")
+    assert store.list_tokens()[0]["last_used"] is None
+    store.resolve_token(token)
+    first = store.list_tokens()[0]["last_used"]
+    assert first is not None
+    store.resolve_token(token)  # within a minute: not written again
+    assert store.list_tokens()[0]["last_used"] == first
+
+
+def test_revoke_removes_every_token_of_that_name(store):
+    t1 = store.create_token("alice")
+    t2 = store.create_token("alice")
+    bob = store.create_token("bob")
+    assert store.revoke_tokens("alice") == 2
+    assert store.resolve_token(t1) is None and store.resolve_token(t2) is None
+    assert store.resolve_token(bob) == ("bob", False)
+    assert store.revoke_tokens("alice") == 0
+    assert [t["name"] for t in store.list_tokens()] == ["bob"]
+
+
+# ---- saved contexts
+
+
+def test_saved_context_roundtrips_and_survives_reopen(store, db_url):
+    tokens = [0, 1, 2, 49151, 2**31 - 1, -1]
+    store.save_context("alice", "system-prompt", tokens)
+    store = reopen(store, db_url)
+    try:
+        assert store.load_context("alice", "system-prompt") == tokens
+        (info,) = store.list_contexts("alice")
+        assert info["name"] == "system-prompt" and info["n_tokens"] == len(tokens)
+        assert datetime.fromisoformat(info["created_at"]).tzinfo is not None
+    finally:
+        store.close()
+
+
+def test_saved_context_is_stored_as_little_endian_int32(store):
+    from potluck.engine.store import SavedContextRow
+
+    store.save_context("alice", "c", [1, 258])
+    with store._session() as s:
+        assert s.get(SavedContextRow, ("alice", "c")).tokens == b"\x01\0\0\0\x02\x01\0\0"
+
+
+def test_saved_contexts_are_tenant_scoped(store):
+    store.save_context("alice", "ctx", [1, 2, 3])
+    assert store.load_context("bob", "ctx") is None
+    assert store.list_contexts("bob") == []
+    assert store.delete_context("bob", "ctx") is False
+    store.save_context("alice", "ctx", [4])  # replaces
+    assert store.load_context("alice", "ctx") == [4]
+    assert store.delete_context("alice", "ctx") is True
+    assert store.load_context("alice", "ctx") is None
+
+
+def test_saved_context_rejects_ids_outside_int32(store):
+    with pytest.raises(ValueError, match="32-bit"):
+        store.save_context("alice", "c", [2**31])
+
+
+# ---- construction
+
+
+def test_in_memory_sqlite_works_across_threads():
+    store = Store("sqlite://")
+    try:
+        t = threading.Thread(target=store.kv_put, args=("alice", "k", b"v"))
+        t.start()
+        t.join()
+        assert store.kv_get("alice", "k") == b"v"
+    finally:
+        store.close()
+
+
+def test_missing_data_dir_is_created(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'new' / 'dir' / 'potluck.sqlite'}")
+    try:
+        store.audit("admin", "start")
+        assert store.audit_log()[0]["action"] == "start"
+    finally:
+        store.close()
