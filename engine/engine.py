@@ -238,6 +238,7 @@ class Engine:
         self._contexts: dict[str, dict[int, Context]] = {}
         self._saved: dict[str, dict[str, Context]] = {}
         self._generations: dict[int, Generation] = {}
+        self._overrides: dict[str, dict] = {}      # per-user overrides when there is no store
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -453,7 +454,9 @@ class Engine:
                 self.scheduler.remove(req)
                 req.on_done(req, res, None)
         if self.step_listeners:
-            info = {"seqs": len(picked), "tokens": ntok, "seconds": dt, "usage": usage}
+            info = {"seqs": len(picked), "tokens": ntok, "seconds": dt, "usage": usage,
+                    "decode_seqs": sum(1 for c in chunks if len(c.tokens) == 1),
+                    "prefill_seqs": sum(1 for c in chunks if len(c.tokens) > 1)}
             for fn in self.step_listeners:
                 fn(info)
 
@@ -492,7 +495,7 @@ class Engine:
         return t
 
     def _resolve(self, t: Tenant) -> None:
-        override = self.store.get_override(t.name) if self.store is not None else t.override
+        override = self.store.get_override(t.name) if self.store is not None else self._overrides.get(t.name)
         t.quota, t.quota_source = resolve_quota(self.config.default_quota, t.group_quotas,
                                                 override)
         self.scheduler.set_weight(t.name, t.quota.weight)
@@ -506,14 +509,18 @@ class Engine:
         return fields
 
     def delete_user_override(self, name: str, actor: str) -> bool:
-        existed = self.store.delete_override(name, actor) if self.store is not None else True
+        existed = (self.store.delete_override(name, actor) if self.store is not None
+                   else name in self._overrides)
         self._call(self._apply_override, name, None)
         return existed
 
     def _apply_override(self, name: str, fields: dict | None) -> None:
+        if fields is None:
+            self._overrides.pop(name, None)
+        else:
+            self._overrides[name] = fields
         t = self.tenants.get(name)
         if t is not None:
-            t.override = fields
             self._resolve(t)
 
     # ------------------------------------------------------------ generation
@@ -535,8 +542,13 @@ class Engine:
     def generate(self, tenant: Tenant | str, *, prompt: str | None = None, messages: list[dict] | None = None,
                  tokens: list[int] | None = None, max_tokens: int = 256, sampler: Sampler | None = None,
                  stop: list[str] | None = None, stop_token_ids: list[int] | None = None,
-                 ignore_eos: bool = False, priority: str | None = None) -> Generation:
-        """Start generating; returns at once with a ``Generation`` handle."""
+                 ignore_eos: bool = False, priority: str | None = None,
+                 listener: Callable[[GenEvent | None], None] | None = None) -> Generation:
+        """Start generating; returns at once with a ``Generation`` handle.
+
+        ``listener`` is registered before the request is queued, so it sees every event
+        (``add_listener`` after this returns may miss the first tokens of a busy loop).
+        """
         t = self._tenant_obj(tenant)
         if sum(x is not None for x in (prompt, messages, tokens)) != 1:
             raise BadRequest("give exactly one of prompt, messages or tokens", code="invalid_prompt")
@@ -567,7 +579,7 @@ class Engine:
         if not ignore_eos:
             stop_ids |= self.eos_ids
         prio = self._priority(t, priority)
-        return self._call(self._start_generation, t, ids, max_tokens, sampler, stop, stop_ids, prio)
+        return self._call(self._start_generation, t, ids, max_tokens, sampler, stop, stop_ids, prio, listener)
 
     def _tenant_obj(self, tenant: Tenant | str) -> Tenant:
         if isinstance(tenant, Tenant):
@@ -591,7 +603,7 @@ class Engine:
         return tokens
 
     def _start_generation(self, t: Tenant, ids: list[int], max_tokens: int, sampler: Sampler,
-                          stop: list[str], stop_ids: set[int], prio: int) -> Generation:
+                          stop: list[str], stop_ids: set[int], prio: int, listener=None) -> Generation:
         t.check_model(self.model_name)
         t.check_request(len(ids), max_tokens)
         ctx = self._new_context(t.name, register=False)
@@ -606,6 +618,8 @@ class Engine:
             gen.manual_seed(sampler.seed)
         g._torch_gen = gen
         g._prio = prio
+        if listener is not None:
+            g._listeners.append(listener)
         self._submit(g, ids[g.cached_tokens:], decode=False)
         return g
 
@@ -857,14 +871,19 @@ class Engine:
             }
         return self._call(snapshot)
 
-    def tenant_report(self, name: str) -> dict:
-        def report():
-            t = self.tenants.get(name)
-            if t is None:
-                return None
-            return {"name": t.name, "groups": list(t.groups), "is_admin": t.is_admin,
-                    "quota": t.quota.to_json(), "quota_source": dict(t.quota_source),
-                    "usage": t.usage_json(), "kv_pages": self.pool.held_by(name),
-                    "saved_contexts": len(self._saved.get(name, {})),
-                    "open_contexts": len(self._contexts.get(name, {}))}
-        return self._call(report)
+    def tenant_report(self, name: str) -> dict | None:
+        return self._call(lambda: self._report(name))
+
+    def tenant_reports(self) -> list[dict]:
+        """Every tenant the engine has seen since it started, in one loop call (the admin view)."""
+        return self._call(lambda: [self._report(name) for name in sorted(self.tenants)])
+
+    def _report(self, name: str) -> dict | None:
+        t = self.tenants.get(name)
+        if t is None:
+            return None
+        return {"name": t.name, "groups": list(t.groups), "is_admin": t.is_admin,
+                "quota": t.quota.to_json(), "quota_source": dict(t.quota_source),
+                "usage": t.usage_json(), "kv_pages": self.pool.held_by(name),
+                "saved_contexts": len(self._saved.get(name, {})),
+                "open_contexts": len(self._contexts.get(name, {}))}

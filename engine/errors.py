@@ -32,6 +32,18 @@ class BadRequest(PotluckError):
     """The request itself is wrong (a type, a range, an unknown parameter)."""
 
 
+class Unauthorized(PotluckError):
+    """No valid credentials: the request could not be tied to a tenant."""
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(PotluckError):
+    """Authenticated, but this tenant may not do this (e.g. an admin endpoint)."""
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(PotluckError):
     """Does not exist *in the caller's namespace*. Never says whether another tenant has it."""
     status = 404

@@ -160,7 +160,6 @@ class Tenant:
     quota: Quota = field(default_factory=Quota)
     quota_source: dict[str, str] = field(default_factory=dict)
     group_quotas: dict[str, dict] | None = None   # each group's potluck properties, as last seen
-    override: dict | None = None                   # the admin's per-user override (no store: kept here)
     window: TokenWindow = field(default_factory=TokenWindow)
     active_requests: int = 0
     active_runs: int = 0
