@@ -825,7 +825,7 @@ class Engine:
                                  f"context window is {self.max_context}", code="context_length_exceeded")
             t.check_rate(len(tokens))
             feed = tokens
-            decode = bool(ctx.tokens) and len(tokens) == 1 and getattr(ctx, "last_sample", None) == tokens[0]
+            decode = bool(ctx.tokens) and len(tokens) == 1 and ctx.last_sample == tokens[0]
             matched = self.pool.reuse_prefix(ctx, tokens) if sampler is not None or len(tokens) > 1 else 0
             if matched:
                 self.stats["prefix_hit_tokens"] += matched

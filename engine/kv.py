@@ -58,6 +58,7 @@ class Context:
     tokens: list[int] = field(default_factory=list)
     keys: list[int] = field(default_factory=list)   # chained prefix key of each full page
     busy: bool = False                               # a forward on it is queued or running
+    last_sample: int | None = None                   # feeding it back next is a decode, not a prefill
     dropped: bool = False
 
     @property
