@@ -20,6 +20,7 @@ import asyncio
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
+from tornado.httputil import HTTPServerRequest
 from traitlets.config import LoggingConfigurable
 
 from .errors import Unauthorized
@@ -55,11 +56,13 @@ class Authenticator(LoggingConfigurable):
         self.store = store
         self.executor = executor
 
-    async def authenticate(self, headers) -> Identity:
-        """The caller's identity from the request headers, or ``Unauthorized``."""
-        token = token_from_header(headers.get("Authorization"))
+    async def authenticate(self, request: HTTPServerRequest) -> Identity:
+        """The caller's identity, or ``Unauthorized``."""
+        header = request.headers.get("Authorization")
+        token = token_from_header(header)
         if token is None:
-            raise Unauthorized("missing credentials: send 'Authorization: Bearer <token>' "
+            what = "missing credentials" if not header else "unsupported Authorization scheme"
+            raise Unauthorized(f"{what}: send 'Authorization: Bearer <token>' or 'Authorization: token <token>' "
                                "(create a token with `potluck token create NAME`)")
         identity = await self.identify(token)
         if identity is None:

@@ -57,6 +57,11 @@ class EngineConfig:
     default_quota: Quota = field(default_factory=Quota)
     cache_dir: str | None = None
     max_context_tokens: int = 0       # 0: the model's max_position_embeddings
+    # After a step served ``forward`` calls from other threads (inferlet runs),
+    # wait up to this long for their next forward so it joins the next step
+    # instead of fragmenting batches: a run answers within ~1 ms, a CPU step
+    # takes 30-300 ms. 0 turns it off.
+    forward_linger_ms: float = 5.0
 
 
 def _tune_malloc() -> None:
@@ -252,6 +257,7 @@ class Engine:
         self.stats = {"steps": 0, "batch_tokens": 0, "batch_seqs": 0, "last_step_ms": 0.0,
                       "prefill_tokens": 0, "decode_tokens": 0, "prefix_hit_tokens": 0}
         self.step_listeners: list[Callable[[dict], None]] = []
+        self._awaited_forwards = 0    # forwards served to callers that have not sent their next one yet
 
     # ----------------------------------------------------------- lifecycle
     def start(self, timeout: float = 600.0) -> "Engine":
@@ -331,6 +337,7 @@ class Engine:
                 self._run_commands(block)
                 if self._stopping:
                     break
+                self._gather_forwards()
                 self._accrue_page_seconds()
                 if any(True for _ in self.scheduler.pending()):
                     self._step()
@@ -364,6 +371,29 @@ class Engine:
             except BaseException as e:
                 fut.set_exception(e)
             block = False
+
+    def _gather_forwards(self) -> None:
+        """Give callers whose forward the last step served a moment to send their next one."""
+        if self._awaited_forwards <= 0 or self.config.forward_linger_ms <= 0:
+            self._awaited_forwards = 0
+            return
+        end = time.monotonic() + self.config.forward_linger_ms / 1000
+        while self._awaited_forwards > 0 and not self._stopping:
+            left = end - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                cmd = self._commands.get(timeout=left)
+            except queue.Empty:
+                break
+            if cmd is None:
+                break
+            fn, args, fut = cmd
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as e:
+                fut.set_exception(e)
+        self._awaited_forwards = 0
 
     def _call(self, fn, *args, timeout: float | None = 300.0):
         """Run ``fn(*args)`` on the loop thread and return its result."""
@@ -810,43 +840,72 @@ class Engine:
                 priority: str | None = "batch") -> Future:
         """Append ``tokens`` to the context; the future gives the next token's ``Sample`` (or None)."""
         t = self._tenant_obj(tenant)
+        self._check_forward(tokens, sampler)
+        prio = self._priority(t, priority)
+        fut: Future = Future()
+        self._call(self._enqueue_forward, t, ctx_id, tokens, sampler, prio, fut)
+        return fut
+
+    def forward_many(self, tenant: str, calls: list[tuple[int, list[int], Sampler | None]],
+                     priority: str | None = "batch") -> list[Future]:
+        """``forward`` on several of a tenant's contexts in one loop call, so they join the same step.
+
+        One future per call, in order; a call that cannot be queued (a context
+        not found or busy, a rate limit) gets a future holding its error.
+        """
+        t = self._tenant_obj(tenant)
+        for _, tokens, sampler in calls:
+            self._check_forward(tokens, sampler)
+        prio = self._priority(t, priority)
+        futs: list[Future] = [Future() for _ in calls]
+
+        def submit():
+            for (ctx_id, tokens, sampler), fut in zip(calls, futs):
+                try:
+                    self._enqueue_forward(t, ctx_id, tokens, sampler, prio, fut)
+                except PotluckError as e:
+                    fut.set_exception(e)
+        self._call(submit)
+        return futs
+
+    def _check_forward(self, tokens: list[int], sampler: Sampler | None) -> None:
         self._check_tokens(tokens)
         if sampler is not None:
             sampler.validate(self.runner.vocab_size)
-        prio = self._priority(t, priority)
-        fut: Future = Future()
 
-        def submit():
-            ctx = self._ctx(tenant, ctx_id)
-            if ctx.busy:
-                raise BadRequest("a forward call on this context is already running", code="context_busy")
-            if ctx.length + len(tokens) > self.max_context:
-                raise BadRequest(f"the context would hold {ctx.length + len(tokens)} tokens; the model's "
-                                 f"context window is {self.max_context}", code="context_length_exceeded")
-            t.check_rate(len(tokens))
-            feed = tokens
-            decode = bool(ctx.tokens) and len(tokens) == 1 and ctx.last_sample == tokens[0]
-            matched = self.pool.reuse_prefix(ctx, tokens) if sampler is not None or len(tokens) > 1 else 0
-            if matched:
-                self.stats["prefix_hit_tokens"] += matched
-                feed = tokens[matched:]
-            gen = None
-            if sampler is not None and sampler.seed is not None:
-                gen = torch.Generator(device=self.pool.k.device)
-                gen.manual_seed(sampler.seed)
+    def _enqueue_forward(self, t: Tenant, ctx_id: int, tokens: list[int], sampler: Sampler | None,
+                         prio: int, fut: Future) -> None:
+        tenant = t.name
+        ctx = self._ctx(tenant, ctx_id)
+        if ctx.busy:
+            raise BadRequest("a forward call on this context is already running", code="context_busy")
+        if ctx.length + len(tokens) > self.max_context:
+            raise BadRequest(f"the context would hold {ctx.length + len(tokens)} tokens; the model's "
+                             f"context window is {self.max_context}", code="context_length_exceeded")
+        t.check_rate(len(tokens))
+        feed = tokens
+        decode = bool(ctx.tokens) and len(tokens) == 1 and ctx.last_sample == tokens[0]
+        matched = self.pool.reuse_prefix(ctx, tokens) if sampler is not None or len(tokens) > 1 else 0
+        if matched:
+            self.stats["prefix_hit_tokens"] += matched
+            feed = tokens[matched:]
+        gen = None
+        if sampler is not None and sampler.seed is not None:
+            gen = torch.Generator(device=self.pool.k.device)
+            gen.manual_seed(sampler.seed)
 
-            def done(req, s, err):
-                ctx.busy = False
-                if err is not None:
-                    fut.set_exception(err)
-                else:
-                    ctx.last_sample = s.token if s is not None else None
-                    fut.set_result(s)
-            ctx.busy = True
-            self.scheduler.add(ForwardRequest(tenant, prio, next(self._arrivals), ctx, feed, sampler, gen,
-                                              decode, done))
-        self._call(submit)
-        return fut
+        def done(req, s, err):
+            ctx.busy = False
+            if err is not None:
+                fut.set_exception(err)
+            else:
+                ctx.last_sample = s.token if s is not None else None
+                self._awaited_forwards += 1
+                fut.set_result(s)
+        ctx.busy = True
+        self._awaited_forwards = max(0, self._awaited_forwards - 1)
+        self.scheduler.add(ForwardRequest(tenant, prio, next(self._arrivals), ctx, feed, sampler, gen,
+                                          decode, done))
 
     # ----------------------------------------------------------------- info
     def status(self) -> dict:

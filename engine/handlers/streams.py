@@ -1,0 +1,167 @@
+"""Running one engine generation for one HTTP request.
+
+Shared by the native ``/api/generate`` and the OpenAI-compatible endpoints, so
+there is one way to turn request parameters into a ``Sampler``, start a
+generation as the caller's tenant, follow it and cancel it.
+
+Events arrive on the engine's batch-loop thread (``Generation`` listeners):
+the listener here only hands each one to the IOLoop with ``add_callback``
+and never blocks that thread. A client that goes away cancels its generation,
+which frees its pages and takes it out of the batch at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+from collections import deque
+from typing import AsyncIterator
+
+from tornado.ioloop import IOLoop
+from tornado.iostream import StreamClosedError
+
+from ..engine import GenEvent, Generation, GenerationResult
+from ..errors import BadRequest, NotFound
+from ..sampling import Sampler
+from .base import APIHandler
+
+_TOKEN_ID = re.compile(r"-?\d{1,10}")
+
+
+class GenerationEvents:
+    """A generation's events, moved from the batch-loop thread onto the IOLoop, in order."""
+
+    def __init__(self) -> None:
+        self._loop = IOLoop.current()
+        self._arrived: deque[GenEvent | None] = deque()
+        self._wake = asyncio.Event()
+
+    def push(self, ev: GenEvent | None) -> None:
+        """The listener: runs on the batch-loop thread, so it only schedules."""
+        self._loop.add_callback(self._arrive, ev)
+
+    def _arrive(self, ev: GenEvent | None) -> None:
+        self._arrived.append(ev)
+        self._wake.set()
+
+    async def batches(self) -> AsyncIterator[list[GenEvent]]:
+        """Lists of the events that arrived together (one write per list), until the end."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, done = [], False
+            while self._arrived:
+                ev = self._arrived.popleft()
+                if ev is None:
+                    done = True
+                    break
+                batch.append(ev)
+            if batch:
+                yield batch
+            if done:
+                return
+
+
+def check_model(engine, name: str | None) -> None:
+    """``model`` may name the served model (or the name it was configured by); else 404."""
+    if name is None or name in (engine.model_name, engine.config.model):
+        return
+    raise NotFound(f"model {name!r} is not served here; this engine serves {engine.model_name!r} "
+                   f"(see GET /v1/models)", code="model_not_found", param="model")
+
+
+def build_sampler(p: dict) -> Sampler:
+    """A ``Sampler`` from checked request fields (ranges are checked by ``Sampler.validate``)."""
+    kw = {k: p[k] for k in ("temperature", "top_k", "top_p", "min_p", "seed", "top_logprobs") if k in p}
+    if "logit_bias" in p:
+        bias = {}
+        for key, value in p["logit_bias"].items():
+            if not _TOKEN_ID.fullmatch(key):
+                raise BadRequest(f"logit_bias keys must be token ids, got {key!r}", code="invalid_sampling",
+                                 param="logit_bias")
+            bias[int(key)] = value
+        kw["logit_bias"] = bias
+    if "allowed_token_ids" in p:
+        kw["allowed"] = tuple(p["allowed_token_ids"])
+    return Sampler(**kw)
+
+
+def logprob_of(p: float) -> float:
+    """log(p) for a probability from a top-k list; JSON has no -inf, so p == 0 gives -9999."""
+    return math.log(p) if p > 0 else -9999.0
+
+
+def usage_json(res: GenerationResult) -> dict:
+    n = len(res.tokens)
+    return {"prompt_tokens": res.prompt_tokens, "completion_tokens": n, "total_tokens": res.prompt_tokens + n,
+            "cached_tokens": res.cached_tokens}
+
+
+def sse(data, event: str | None = None) -> str:
+    """One server-sent event; ``data`` is JSON-encoded unless it is already a string."""
+    text = data if isinstance(data, str) else json.dumps(data, allow_nan=False)
+    return (f"event: {event}\n" if event else "") + f"data: {text}\n\n"
+
+
+class GenerationHandler(APIHandler):
+    """A handler that runs one generation for the caller and follows it to the end."""
+
+    generation: Generation | None = None
+    client_gone = False
+
+    async def start_generation(self, default_max_tokens: int, **kwargs) -> tuple[Generation, GenerationEvents]:
+        """Start ``engine.generate(**kwargs)`` as the caller's tenant.
+
+        Without ``max_tokens`` the default is capped by the tenant's
+        ``max_tokens_per_request``, so leaving it out never hits that quota.
+        """
+        events = GenerationEvents()
+        ident, engine = self.identity, self.engine
+
+        def start() -> Generation:
+            t = engine.tenant(ident.tenant, ident.groups, ident.is_admin)
+            if kwargs.get("max_tokens") is None:
+                cap = t.quota.max_tokens_per_request
+                kwargs["max_tokens"] = min(default_max_tokens, cap) if cap else default_max_tokens
+            return engine.generate(t, listener=events.push, **kwargs)
+
+        self.generation = await self.blocking(start)
+        if self.client_gone:
+            self.cancel_generation()
+        return self.generation, events
+
+    def cancel_generation(self) -> None:
+        g = self.generation
+        if g is not None and not g.done:
+            self.service.executor.submit(g.cancel)   # cancel waits on the batch loop: not on the IOLoop
+
+    def on_connection_close(self) -> None:
+        self.client_gone = True
+        self.cancel_generation()
+
+    def on_finish(self) -> None:
+        super().on_finish()
+        g = self.generation
+        if g is not None:
+            self.service.metrics.generation_finished(g.tenant, g.finish_reason or "cancelled")
+            # A handler that ended early (an error while writing) must not leave its generation running.
+            self.cancel_generation()
+
+    def begin_stream(self) -> None:
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")   # proxies (nginx, the Hub's) must not buffer tokens
+
+    async def send(self, text: str) -> bool:
+        """Write and flush; False once the client is gone (its generation is then cancelled)."""
+        if self.client_gone:
+            return False
+        self.write(text)
+        try:
+            await self.flush()
+        except StreamClosedError:
+            self.on_connection_close()
+            return False
+        return True
