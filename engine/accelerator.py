@@ -42,7 +42,6 @@ class Profile:
     batch_token_budget: int       # tokens per forward step (prefill chunks + decodes)
     max_batch_seqs: int           # sequences per step
     host_swap_pages: int          # pages that may live in host memory when the device runs short
-    cuda_graphs: bool = False     # capture decode steps (GPU only)
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -56,8 +55,8 @@ class Profile:
 # linearly with its tokens: a big prefill chunk would stall everyone's decode.
 PROFILES: dict[str, Profile] = {
     "cpu": Profile("cpu", "cpu", "float32", "sdpa", 0.25, 4096, 16, 256, 64, 4096),
-    "cuda-sm80": Profile("cuda-sm80", "cuda", "bfloat16", "sdpa", 0.85, 0, 16, 8192, 256, 16384, True),
-    "cuda-legacy": Profile("cuda-legacy", "cuda", "float16", "sdpa", 0.80, 0, 16, 4096, 128, 8192, True),
+    "cuda-sm80": Profile("cuda-sm80", "cuda", "bfloat16", "sdpa", 0.85, 0, 16, 8192, 256, 16384),
+    "cuda-legacy": Profile("cuda-legacy", "cuda", "float16", "sdpa", 0.80, 0, 16, 4096, 128, 8192),
 }
 
 

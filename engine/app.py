@@ -216,7 +216,7 @@ class PotluckEngine(PotluckApp):
     profile_overrides = Dict(
         help="""Fields of the chosen profile to override, e.g. {"batch_token_budget": 512, "dtype": "float16"}.
         Fields: dtype, attention, kv_memory_fraction, max_kv_pages, page_size, batch_token_budget,
-        max_batch_seqs, host_swap_pages, cuda_graphs.""",
+        max_batch_seqs, host_swap_pages.""",
     ).tag(config=True)
 
     extra_profiles = Dict(
