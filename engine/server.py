@@ -20,6 +20,7 @@ from .auth import Authenticator
 from .engine import Engine
 from .handlers.admin import QuotaOverrideHandler, TenantsHandler
 from .handlers.base import NotFoundHandler
+from .handlers.contexts import ContextHandler, ContextListHandler
 from .handlers.generate import GenerateHandler
 from .handlers.me import MeHandler
 from .handlers.metrics import MetricsHandler
@@ -37,6 +38,8 @@ ROUTES = [
     (r"api/spec.yaml", SpecHandler),
     (r"api/me", MeHandler),
     (r"api/generate", GenerateHandler),
+    (r"api/contexts", ContextListHandler),
+    (r"api/contexts/([^/]+)", ContextHandler),
     (r"api/admin/tenants", TenantsHandler),
     (r"api/admin/quotas/users/([^/]+)", QuotaOverrideHandler),
     (r"v1/chat/completions", ChatCompletionsHandler),

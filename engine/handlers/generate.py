@@ -8,8 +8,10 @@ parameter never silently falls back to its default.
 
 from __future__ import annotations
 
+from ..errors import BadRequest
 from ..sampling import Sampler
 from .base import check_fields, finite
+from .contexts import check_name, context_tokens
 from .streams import GenerationHandler, build_sampler, check_model, logprob_of, sse, usage_json
 
 DEFAULT_MAX_TOKENS = 256
@@ -33,6 +35,7 @@ FIELDS = {
     "ignore_eos": "boolean",
     "priority": "string",
     "stream": "boolean",
+    "context": "string",
 }
 
 
@@ -43,14 +46,34 @@ def _tops(ev) -> list[dict] | None:
 
 
 class GenerateHandler(GenerationHandler):
+    async def continued(self, name: str, prompt: str | None, tokens: list | None, messages) -> list:
+        """My saved context ``name``'s tokens, then the prompt's (its KV pages are reused, not recomputed)."""
+        check_name(name)
+        if messages is not None or (prompt is None) == (tokens is None):
+            raise BadRequest("with context, give a prompt or tokens to continue it with (not messages)",
+                             code="invalid_prompt", param="context")
+        t = await self.tenant()
+        engine = self.engine
+
+        def join() -> list:
+            saved = context_tokens(engine, t.name, name)
+            if prompt is not None:
+                return saved + engine.encode(prompt)
+            return saved + list(tokens)
+        return await self.blocking(join)
+
     async def post(self) -> None:
         p = check_fields(self.json_body(), FIELDS, nullable=False, where="/api/generate")
         check_model(self.engine, p.get("model"))
         sampler: Sampler = build_sampler(p)
         stop = p.get("stop")
+        prompt, tokens = p.get("prompt"), p.get("tokens")
+        if "context" in p:
+            tokens = await self.continued(p["context"], prompt, tokens, p.get("messages"))
+            prompt = None
         g, events = await self.start_generation(
             DEFAULT_MAX_TOKENS,
-            prompt=p.get("prompt"), messages=p.get("messages"), tokens=p.get("tokens"),
+            prompt=prompt, messages=p.get("messages"), tokens=tokens,
             max_tokens=p.get("max_tokens"), sampler=sampler,
             stop=[stop] if isinstance(stop, str) else stop, stop_token_ids=p.get("stop_token_ids"),
             ignore_eos=p.get("ignore_eos", False), priority=p.get("priority"))

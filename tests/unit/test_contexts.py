@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_engine
+from tiny_engine import make_engine
 from potluck.engine.errors import NotFound, QuotaExceeded
 from potluck.engine.kv import KvPool
 from potluck.engine.sampling import Sampler

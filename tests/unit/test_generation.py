@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from conftest import make_engine
+from tiny_engine import make_engine
 from potluck.engine.sampling import Sampler
 
 

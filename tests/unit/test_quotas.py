@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import make_engine
+from tiny_engine import make_engine
 from potluck.engine.errors import BadRequest, QuotaExceeded, RequestTooLarge
 from potluck.engine.store import Store, UsageLedger
 from potluck.engine.tenants import Quota, resolve_quota, validate_quota_fields

@@ -1,0 +1,447 @@
+"""The notebook's Python API to the Potluck engine, as the hub user this kernel runs for.
+
+    from potluck.kernel import client as potluck
+    potluck.generate("The capital of France is", max_tokens=8)
+    for piece in potluck.stream("Tell me a story"): print(piece, end="")
+    potluck.chat("What is a KV cache?")
+    potluck.save_context("notes", prompt=long_document)      # keep its KV cache under a name
+    potluck.generate(" In short,", context="notes")          # continue it in a later cell
+    result = potluck.run("best_of_n.py", question="...")      # an inferlet, output live
+    potluck.usage(); potluck.quota()
+
+Where the engine is and who we are come from the environment, set up for the
+kernel by ``potluck.jupyter_ext`` (or by hand): ``POTLUCK_URL`` (default
+``http://127.0.0.1:8765/``) and ``POTLUCK_TOKEN``, else ``JUPYTERHUB_API_TOKEN``
+(the server's Hub token, which every kernel under a Hub inherits).
+
+Every failure is a ``PotluckError`` whose message is one line for the user (what
+happened, which limit, what to do); nothing from the HTTP layer leaks out. This
+module never chooses a tenant: the engine takes it from the token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+from urllib.parse import quote, urlparse
+
+import requests
+
+DEFAULT_URL = "http://127.0.0.1:8765/"
+DONE_STATES = ("finished", "failed", "cancelled")
+
+
+class PotluckError(Exception):
+    """One readable line: what went wrong, and the limit when a quota was hit."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str = "error",
+                 limit: str | None = None, value: Any = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.limit = limit
+        self.value = value
+
+    def __str__(self) -> str:
+        if self.limit and self.limit not in self.message:
+            return f"{self.message} (limit {self.limit} = {self.value})"
+        return self.message
+
+
+def _error_from(r: requests.Response) -> PotluckError:
+    try:
+        err = r.json()["error"]
+        return PotluckError(err.get("message") or r.reason, status=r.status_code, code=err.get("code", "error"),
+                            limit=err.get("limit"), value=err.get("value"))
+    except Exception:
+        text = " ".join(r.text.split())[:200]
+        return PotluckError(f"the engine answered {r.status_code} {r.reason}: {text}", status=r.status_code)
+
+
+class Completion(str):
+    """Generated text (a ``str``) with ``tokens``, ``logprobs``, ``finish_reason`` and ``usage``."""
+
+    tokens: list[int]
+    logprobs: list[float]
+    finish_reason: str
+    usage: dict
+
+    @classmethod
+    def of(cls, body: dict) -> "Completion":
+        c = cls(body.get("text", ""))
+        c.tokens = body.get("tokens", [])
+        c.logprobs = body.get("logprobs", [])
+        c.finish_reason = body.get("finish_reason", "")
+        c.usage = body.get("usage", {})
+        return c
+
+
+class Stream:
+    """Text pieces as they are generated; ``result`` is the ``Completion`` once the stream ends."""
+
+    def __init__(self, response: requests.Response):
+        self._response = response
+        self.result: Completion | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        event, data = None, []
+        try:
+            for line in self._response.iter_lines(decode_unicode=True):
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif not line and data:
+                    body = json.loads("\n".join(data))
+                    if event == "token":
+                        if body.get("text"):
+                            yield body["text"]
+                    elif event == "done":
+                        self.result = Completion.of(body)
+                    elif event == "error":
+                        err = body.get("error", {})
+                        raise PotluckError(err.get("message", "the generation failed"), code=err.get("code", "error"),
+                                           limit=err.get("limit"), value=err.get("value"))
+                    event, data = None, []
+        except requests.RequestException as e:
+            raise PotluckError(f"the connection to the engine broke during generation: {type(e).__name__}") from None
+        finally:
+            self._response.close()
+
+    def close(self) -> None:
+        """Stop reading; the engine cancels the generation when the connection closes."""
+        self._response.close()
+
+
+@dataclass
+class RunResult:
+    """What an inferlet run did: its final state, output, messages it sent, usage."""
+    id: str
+    state: str
+    error: str | None = None
+    output: str = ""
+    messages: list = field(default_factory=list)
+    usage: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "finished"
+
+
+class Progress:
+    """A one-line note in the notebook while a long call runs ("generating... 120 tokens").
+
+    Shown only in a kernel, only once the call has taken ``delay`` seconds, and
+    removed when it ends, so quick calls print nothing extra.
+    """
+
+    def __init__(self, label: str, delay: float = 1.0):
+        self.label = label
+        self.text = label
+        self.delay = delay
+        self.started = time.monotonic()
+        self.handle = None
+        self.shown_at = 0.0
+        self.enabled = _in_kernel()
+
+    def update(self, text: str) -> None:
+        self.text = text
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.started < self.delay or now - self.shown_at < 0.25:
+            return
+        self.shown_at = now
+        from IPython.display import display
+        data = {"text/plain": f"\u23f3 {text}"}
+        if self.handle is None:
+            self.handle = display(data, raw=True, display_id=True)
+        else:
+            self.handle.update(data, raw=True)
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            self.handle.update({"text/plain": ""}, raw=True)
+
+
+def _in_kernel() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    ip = get_ipython()
+    return ip is not None and getattr(ip, "kernel", None) is not None
+
+
+class Client:
+    """The engine's HTTP API as Python calls. One per kernel is plenty (``potluck.kernel.client.default``)."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 600.0):
+        self.url = (url or os.environ.get("POTLUCK_URL") or DEFAULT_URL).rstrip("/") + "/"
+        self.token = token or os.environ.get("POTLUCK_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN") or ""
+        self.timeout = timeout
+        self.session = requests.Session()
+        if self.token:
+            self.session.headers["Authorization"] = f"token {self.token}"
+
+    def __repr__(self) -> str:
+        return f"<potluck Client {self.url}>"
+
+    # ------------------------------------------------------------ HTTP
+    def request(self, method: str, path: str, *, stream: bool = False, ok: tuple = (200,), **kw) -> requests.Response:
+        if not self.token:
+            raise PotluckError("no token for the Potluck engine: set POTLUCK_TOKEN (standalone: "
+                               "`potluck token create NAME`), or run under JupyterHub", code="no_token")
+        try:
+            r = self.session.request(method, self.url + path, stream=stream, timeout=(10, self.timeout), **kw)
+        except requests.ConnectionError:
+            raise PotluckError(f"cannot reach the Potluck engine at {self.url}: is it running?",
+                               code="unreachable") from None
+        except requests.Timeout:
+            raise PotluckError(f"the Potluck engine at {self.url} did not answer in {self.timeout:.0f} s",
+                               code="timeout") from None
+        if r.status_code not in ok:
+            err = _error_from(r)
+            r.close()
+            raise err
+        return r
+
+    def get(self, path: str) -> dict:
+        return self.request("GET", path).json()
+
+    # ------------------------------------------------------------ about
+    def status(self) -> dict:
+        """The engine: model, device, KV pool, load."""
+        return self.get("api/status")
+
+    def me(self) -> dict:
+        """My tenant: name, groups, effective quota and where each value came from, usage."""
+        return self.get("api/me")
+
+    def usage(self) -> dict:
+        """My usage: live counters since the engine started, and the persisted totals."""
+        me = self.me()
+        return {**me.get("usage", {}), "total": me.get("usage_total")}
+
+    def quota(self) -> dict:
+        """My effective quota, each value with its source: ``{field: (value, "group:students")}``."""
+        me = self.me()
+        src = me.get("quota_source", {})
+        return {k: (v, src.get(k, "default")) for k, v in (me.get("quota") or {}).items()}
+
+    # ------------------------------------------------------------ generation
+    def _generate_body(self, prompt, messages, context, params) -> dict:
+        body = {k: v for k, v in params.items() if v is not None}
+        if prompt is not None:
+            body["prompt"] = prompt
+        if messages is not None:
+            body["messages"] = messages
+        if context is not None:
+            body["context"] = context
+        return body
+
+    def generate(self, prompt: str | None = None, *, messages: list[dict] | None = None, context: str | None = None,
+                 max_tokens: int | None = None, temperature: float | None = None, **params) -> Completion:
+        """Generate from a prompt, chat messages, or continuing a saved context (``context=name``)."""
+        if not _in_kernel():
+            body = self._generate_body(prompt, messages, context, dict(params, max_tokens=max_tokens,
+                                                                        temperature=temperature))
+            return Completion.of(self.request("POST", "api/generate", json=body).json())
+        # In a notebook: stream under the hood, to show how far a long generation has got.
+        s = self.stream(prompt, messages=messages, context=context, max_tokens=max_tokens,
+                        temperature=temperature, **params)
+        n = 0
+        with Progress("generating...") as progress:
+            for _ in s:
+                n += 1
+                progress.update(f"generating... {n} tokens")
+        return s.result
+
+    def stream(self, prompt: str | None = None, *, messages: list[dict] | None = None, context: str | None = None,
+               max_tokens: int | None = None, temperature: float | None = None, **params) -> Stream:
+        """Like ``generate``, but an iterator of text pieces as they come (``.result`` at the end)."""
+        body = self._generate_body(prompt, messages, context, dict(params, max_tokens=max_tokens,
+                                                                    temperature=temperature, stream=True))
+        return Stream(self.request("POST", "api/generate", json=body, stream=True))
+
+    def chat(self, message: str | list[dict], *, system: str | None = None, **params) -> Completion:
+        """One chat turn: a user message (or a whole message list) in, the assistant's reply out."""
+        messages = [{"role": "user", "content": message}] if isinstance(message, str) else list(message)
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
+        return self.generate(messages=messages, **params)
+
+    # ------------------------------------------------------------ saved contexts
+    def save_context(self, name: str, prompt: str | None = None, *, messages: list[dict] | None = None,
+                     tokens: list[int] | None = None) -> dict:
+        """Fill a context and keep its KV cache under ``name`` (yours alone; survives restarts)."""
+        body = {k: v for k, v in (("prompt", prompt), ("messages", messages), ("tokens", tokens)) if v is not None}
+        size = len(json.dumps(body))
+        # The engine reads the whole context in one request: say so up front when it is long.
+        with Progress(f"saving context {name!r} ({size} characters)...", delay=0 if size > 4000 else 1e9) as p:
+            p.update(p.label)
+            return self.request("PUT", f"api/contexts/{quote(name, safe='')}", json=body).json()
+
+    def contexts(self) -> list[dict]:
+        """My saved contexts: name and size in tokens."""
+        return self.get("api/contexts")["contexts"]
+
+    def context(self, name: str) -> dict:
+        """One saved context, with the text it holds."""
+        return self.get(f"api/contexts/{quote(name, safe='')}")
+
+    def delete_context(self, name: str) -> None:
+        self.request("DELETE", f"api/contexts/{quote(name, safe='')}", ok=(204,))
+
+    # ------------------------------------------------------------ admins
+    def tenants(self) -> list[dict]:
+        """Every tenant's usage, quota and override (hub admins and custom:potluck:admin only)."""
+        return self.get("api/admin/tenants")["tenants"]
+
+    def set_user_quota(self, user: str, **fields) -> dict:
+        """Replace ``user``'s quota override, e.g. ``set_user_quota("bob", tokens_per_minute=1000)``."""
+        return self.request("PUT", f"api/admin/quotas/users/{quote(user, safe='')}", json=fields).json()
+
+    def clear_user_quota(self, user: str) -> None:
+        """Remove ``user``'s override: their groups' quotas apply again."""
+        self.request("DELETE", f"api/admin/quotas/users/{quote(user, safe='')}", ok=(204,))
+
+    # ------------------------------------------------------------ inferlets
+    def start(self, source: str, args: dict | None = None) -> str:
+        """Start an inferlet from Python source; returns its run id (follow it with ``follow``)."""
+        body = {"source": source, "args": args or {}}
+        return self.request("POST", "api/runs", json=body, ok=(200, 201, 202)).json()["id"]
+
+    def runs(self) -> list[dict]:
+        body = self.get("api/runs")
+        return body["runs"] if isinstance(body, dict) else body
+
+    def get_run(self, run_id: str) -> dict:
+        return self.get(f"api/runs/{quote(run_id, safe='')}")
+
+    def cancel(self, run_id: str) -> None:
+        self.request("DELETE", f"api/runs/{quote(run_id, safe='')}", ok=(200, 202, 204))
+
+    def events(self, run_id: str) -> Iterator[dict]:
+        """A run's events (``status``, ``output``, ``message``, ``usage``) until it ends."""
+        import websocket         # websocket-client, a jupyter_server dependency
+        u = urlparse(self.url)
+        ws_url = f"{'wss' if u.scheme == 'https' else 'ws'}://{u.netloc}{u.path}api/runs/{quote(run_id, safe='')}/events"
+        try:
+            ws = websocket.create_connection(ws_url, header=[f"Authorization: token {self.token}"], timeout=self.timeout)
+        except websocket.WebSocketBadStatusException as e:
+            raise PotluckError(f"cannot follow run {run_id}: the engine answered {e.status_code}",
+                               status=e.status_code) from None
+        except OSError:
+            raise PotluckError(f"cannot reach the Potluck engine at {self.url}: is it running?",
+                               code="unreachable") from None
+        try:
+            while True:
+                try:
+                    text = ws.recv()
+                except websocket.WebSocketConnectionClosedException:
+                    return
+                if not text:
+                    return
+                ev = json.loads(text)
+                yield ev
+                if ev.get("type") == "status" and ev.get("state") in DONE_STATES:
+                    return
+        finally:
+            ws.close()
+
+    def follow(self, run_id: str, on_event: Callable[[dict], None] | None = None) -> RunResult:
+        """Wait for a run, passing each event to ``on_event``; interrupting cancels the run."""
+        res = RunResult(id=run_id, state="queued")
+        out = []
+        try:
+            for ev in self.events(run_id):
+                kind = ev.get("type")
+                if kind == "output":
+                    out.append(ev.get("text", ""))
+                elif kind == "message":
+                    res.messages.append(ev.get("body"))
+                elif kind == "usage":
+                    res.usage = {k: v for k, v in ev.items() if k not in ("seq", "time", "type")}
+                elif kind == "status":
+                    res.state = ev.get("state", res.state)
+                    res.error = ev.get("error")
+                if on_event is not None:
+                    on_event(ev)
+        except KeyboardInterrupt:
+            self.cancel(run_id)
+            res.state = "cancelled"
+            res.error = "interrupted: the run was cancelled"
+        res.output = "".join(out)
+        if res.state not in DONE_STATES:        # the socket ended early: ask for the final word
+            info = self.get_run(run_id)
+            res.state, res.error = info.get("state", res.state), info.get("error")
+        return res
+
+    def run(self, source_or_file: str, /, **args) -> RunResult:
+        """Run an inferlet (source, or a .py file) with JSON ``args``; its output streams here live."""
+        source = source_or_file
+        if "\n" not in source_or_file and source_or_file.endswith(".py") and os.path.isfile(source_or_file):
+            with open(source_or_file) as f:
+                source = f.read()
+        run_id = self.start(source, args)
+        return self.follow(run_id, on_event=print_event)
+
+
+def print_event(ev: dict) -> None:
+    """Show a run's event in the notebook: printed text as it comes, messages and failures as lines."""
+    kind = ev.get("type")
+    if kind == "output":
+        stream = sys.stderr if ev.get("stream") == "stderr" else sys.stdout
+        stream.write(ev.get("text", ""))
+        stream.flush()
+    elif kind == "message":
+        print(f"[message] {json.dumps(ev.get('body'))}", flush=True)
+    elif kind == "status" and ev.get("state") in ("failed", "cancelled"):
+        print(f"[run {ev.get('state')}] {ev.get('error') or ''}".rstrip(), file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- module-level API on one client
+_default: Client | None = None
+
+
+def default() -> Client:
+    """The kernel's client, made from the environment on first use."""
+    global _default
+    if _default is None:
+        _default = Client()
+    return _default
+
+
+def connect(url: str | None = None, token: str | None = None) -> Client:
+    """Point this kernel's client at another engine (or token)."""
+    global _default
+    _default = Client(url, token)
+    return _default
+
+
+def status() -> dict: return default().status()
+def me() -> dict: return default().me()
+def usage() -> dict: return default().usage()
+def quota() -> dict: return default().quota()
+def generate(prompt=None, **kw) -> Completion: return default().generate(prompt, **kw)
+def stream(prompt=None, **kw) -> Stream: return default().stream(prompt, **kw)
+def chat(message, **kw) -> Completion: return default().chat(message, **kw)
+def save_context(name, prompt=None, **kw) -> dict: return default().save_context(name, prompt, **kw)
+def contexts() -> list[dict]: return default().contexts()
+def context(name) -> dict: return default().context(name)
+def delete_context(name) -> None: return default().delete_context(name)
+def runs() -> list[dict]: return default().runs()
+def tenants() -> list[dict]: return default().tenants()
+def set_user_quota(user, **fields) -> dict: return default().set_user_quota(user, **fields)
+def clear_user_quota(user) -> None: return default().clear_user_quota(user)
+def cancel(run_id) -> None: return default().cancel(run_id)
+def run(source_or_file, /, **args) -> RunResult: return default().run(source_or_file, **args)

@@ -1,0 +1,122 @@
+"""``HubAuthenticator`` against a stand-in Hub API: who a token is, group quotas, refusals, caching.
+
+The end-to-end test runs the real Hub; this covers the cases a real Hub makes
+awkward to produce (a typo in a group's property, the Hub going away).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from tornado import web
+from tornado.httpserver import HTTPServer
+from tornado.testing import bind_unused_port
+
+from potluck.engine.auth import HubAuthenticator
+from potluck.engine.errors import EngineUnavailable, Forbidden
+
+SERVICE_TOKEN = "service-token"
+ACCESS = "access:services!service=potluck"
+
+
+class FakeHub:
+    def __init__(self):
+        self.users = {   # token -> model, as GET /hub/api/user answers it
+            "alice-token": {"kind": "user", "name": "alice", "admin": False, "groups": ["students", "typo"],
+                            "scopes": [ACCESS, "read:users:name!user=alice"]},
+            "ada-token": {"kind": "user", "name": "ada", "admin": True, "groups": [], "scopes": ["access:services"]},
+            "narrow-token": {"kind": "user", "name": "alice", "admin": False, "groups": [],
+                             "scopes": ["read:users:activity!user=alice"]},
+            "tier-token": {"kind": "user", "name": "tim", "admin": False, "groups": [],
+                           "scopes": [ACCESS, "custom:potluck:tier:large"]},
+            "svc-token": {"kind": "service", "name": "cron", "scopes": [ACCESS]},
+        }
+        self.groups = {"students": {"potluck": {"tokens_per_minute": 5000}, "other": 1},
+                       "typo": {"potluck": {"tokens_per_mnute": 1}}}
+        self.group_reads = 0
+        hub = self
+
+        class User(web.RequestHandler):
+            def get(self):
+                token = self.request.headers.get("Authorization", "").split(" ", 1)[-1]
+                if token not in hub.users:
+                    raise web.HTTPError(403)
+                self.finish(json.dumps(hub.users[token]))
+
+        class Group(web.RequestHandler):
+            def get(self, name):
+                assert self.request.headers["Authorization"] == f"token {SERVICE_TOKEN}"
+                hub.group_reads += 1
+                self.finish(json.dumps({"kind": "group", "name": name, "properties": hub.groups[name]}))
+
+        self.app = web.Application([(r"/hub/api/user", User), (r"/hub/api/groups/([^/]+)", Group)])
+
+
+@pytest.fixture
+def hub_and_auth():
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    hub = FakeHub()
+    sock, port = bind_unused_port()
+    server = HTTPServer(hub.app)
+    server.add_sockets([sock])
+    auth = HubAuthenticator(store=None, executor=ThreadPoolExecutor(1), api_url=f"http://127.0.0.1:{port}/hub/api",
+                            api_token=SERVICE_TOKEN, service_name="potluck", cache_seconds=0.5,
+                            scope_quotas={"custom:potluck:tier:large": {"weight": 2}})
+    yield hub, auth, loop.run_until_complete
+    server.stop()
+    loop.close()
+    asyncio.set_event_loop(None)
+
+
+def test_the_tenant_is_the_hub_user_and_groups_carry_their_potluck_property(hub_and_auth):
+    hub, auth, run = hub_and_auth
+    ident = run(auth.identify("alice-token"))
+    assert ident.tenant == "alice" and not ident.is_admin
+    # A typo in one group's property is ignored (logged), not a lock-out.
+    assert ident.groups == {"students": {"tokens_per_minute": 5000}, "typo": {}}
+
+
+def test_hub_admins_are_engine_admins(hub_and_auth):
+    _, auth, run = hub_and_auth
+    assert run(auth.identify("ada-token")).is_admin
+
+
+def test_a_token_without_the_service_scope_is_refused(hub_and_auth):
+    _, auth, run = hub_and_auth
+    with pytest.raises(Forbidden) as e:
+        run(auth.identify("narrow-token"))
+    assert e.value.code == "missing_scope" and ACCESS in e.value.message
+    assert run(auth.identify("unknown-token")) is None          # 401 upstream
+
+
+def test_a_service_token_is_not_a_tenant(hub_and_auth):
+    _, auth, run = hub_and_auth
+    with pytest.raises(Forbidden):
+        run(auth.identify("svc-token"))
+
+
+def test_a_tier_scope_adds_its_quota_fields(hub_and_auth):
+    _, auth, run = hub_and_auth
+    assert run(auth.identify("tier-token")).groups == {"scope:custom:potluck:tier:large": {"weight": 2}}
+
+
+def test_group_properties_are_cached_briefly_then_read_again(hub_and_auth):
+    hub, auth, run = hub_and_auth
+    run(auth.identify("alice-token"))
+    reads = hub.group_reads
+    run(auth.identify("alice-token"))
+    assert hub.group_reads == reads                  # from the cache
+    hub.groups["students"]["potluck"]["tokens_per_minute"] = 10
+    run(asyncio.sleep(0.6))
+    assert run(auth.identify("alice-token")).groups["students"] == {"tokens_per_minute": 10}
+
+
+def test_an_unreachable_hub_is_503_not_a_wrong_tenant(hub_and_auth):
+    _, auth, run = hub_and_auth
+    auth.hub_auth.api_url = "http://127.0.0.1:9/hub/api"
+    with pytest.raises(EngineUnavailable):
+        run(auth.identify("some-new-token"))

@@ -1,0 +1,83 @@
+"""``potluck.hub_config.configure`` writes the Hub settings the integration relies on (no Hub started)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from traitlets.config import Config
+
+import potluck.hub_config as hub_config
+
+
+def configured(**kw) -> Config:
+    c = Config()
+    hub_config.configure(c, **kw)
+    return c
+
+
+def test_managed_engine_is_a_service_the_hub_starts_under_its_prefix():
+    c = configured(url="http://127.0.0.1:9999", data_dir="/srv/potluck", engine_args=["--kv-pages=64"])
+    (svc,) = c.JupyterHub.services
+    assert svc["name"] == "potluck" and svc["url"] == "http://127.0.0.1:9999"
+    assert svc["command"][1:4] == ["-m", "potluck.engine.app", "engine"]
+    assert "--kv-pages=64" in svc["command"] and "--data-dir=/srv/potluck" in svc["command"]
+    assert c.Spawner.environment["POTLUCK_URL"] == "http://127.0.0.1:9999/services/potluck/"
+
+
+def test_external_engine_is_only_routed_to():
+    c = configured(engine_url="http://gpu-host:8765/", api_token="s3cret")
+    (svc,) = c.JupyterHub.services
+    assert "command" not in svc and svc["url"] == "http://gpu-host:8765" and svc["api_token"] == "s3cret"
+    assert c.Spawner.environment["POTLUCK_URL"] == "http://gpu-host:8765/services/potluck/"
+
+
+def test_service_role_reads_users_and_groups_and_users_may_access_it():
+    c = configured(admin_users={"teacher"})
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert set(roles["potluck-service"]["scopes"]) == {"read:users", "read:groups"}
+    assert roles["potluck-service"]["services"] == ["potluck"]
+    assert roles["potluck-admins"] == {"name": "potluck-admins", "description": "Potluck engine admins",
+                                       "scopes": ["custom:potluck:admin"], "users": ["teacher"]}
+    assert "custom:potluck:admin" in c.JupyterHub.custom_scopes
+    scopes = c.Spawner.server_token_scopes
+    assert {"users:activity!user", "access:servers!server", "access:services!service=potluck"} <= set(scopes)
+
+
+@pytest.mark.parametrize("major", [5, 6])
+def test_every_user_gets_access_on_jupyterhub_5_and_6(monkeypatch, major):
+    monkeypatch.setattr(hub_config, "_jupyterhub_major", lambda: major)
+    c = configured()
+    if major >= 6:
+        assert c.JupyterHub.extra_user_scopes == {"access:services!service=potluck"}
+    else:
+        user = next(r for r in c.JupyterHub.load_roles if r["name"] == "user")
+        assert user["scopes"] == ["self", "access:services!service=potluck"]
+
+
+def test_default_groups_carry_their_quota_as_the_potluck_property():
+    c = configured(groups={"students": {"tokens_per_minute": 5000}, "staff": None})
+    assert c.JupyterHub.load_groups["students"] == {"users": [], "properties": {"potluck": {"tokens_per_minute": 5000}}}
+    assert c.JupyterHub.load_groups["staff"] == {"users": []}     # properties left to the admin page
+
+
+def test_model_tiers_are_custom_scopes_the_engine_maps_to_quota():
+    c = configured(model_tiers={"large": {"models": ["*"], "weight": 2}})
+    assert "custom:potluck:tier:large" in c.JupyterHub.custom_scopes
+    assert "custom:potluck:tier:large" in c.Spawner.server_token_scopes
+    arg = next(a for a in c.JupyterHub.services[0]["command"] if a.startswith("--HubAuthenticator.scope_quotas="))
+    assert json.loads(arg.split("=", 1)[1]) == {"custom:potluck:tier:large": {"models": ["*"], "weight": 2}}
+
+
+def test_configure_keeps_what_the_config_already_had():
+    c = Config()
+    c.JupyterHub.services = [{"name": "other", "url": "http://127.0.0.1:1"}]
+    c.Spawner.server_token_scopes = ["users:activity!user"]
+    c.Spawner.environment = {"FOO": "1"}
+    hub_config.configure(c)
+    assert [s["name"] for s in c.JupyterHub.services] == ["other", "potluck"]
+    assert c.Spawner.server_token_scopes[0] == "users:activity!user"
+    assert c.Spawner.environment["FOO"] == "1"
+    hub_config.configure(c)                          # twice: still one service, one role
+    assert [s["name"] for s in c.JupyterHub.services] == ["other", "potluck"]
+    assert [r["name"] for r in c.JupyterHub.load_roles].count("potluck-service") == 1
