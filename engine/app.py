@@ -329,6 +329,20 @@ class PotluckEngine(PotluckApp):
                             format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
         sys.exit(asyncio.run(self.serve()))
 
+    @staticmethod
+    def start_runs(engine, store):
+        """The inferlet ``RunManager`` (loads the cached runner; builds it the first time, ~35 s).
+
+        A sandbox that cannot load (no runner and no componentize-py to build it) does not stop
+        the engine: generation is served, and the runs endpoints answer 503 saying why.
+        """
+        try:
+            from .sandbox import RunManager
+            return RunManager(engine, store), None
+        except Exception as e:
+            log.error("inferlet runs are disabled: the sandbox could not be loaded: %s", e, exc_info=True)
+            return None, " ".join(f"{type(e).__name__}: {e}".split())[:300]
+
     async def serve(self) -> int:
         from .engine import Engine
         from .metrics import EngineMetrics
@@ -353,16 +367,20 @@ class PotluckEngine(PotluckApp):
             return 1
         metrics = EngineMetrics(engine)
         engine.step_listeners.append(metrics.on_step)
+        runs, runs_error = await loop.run_in_executor(executor, self.start_runs, engine, store)
         service = Service(engine=engine, store=store, ledger=ledger,
                           authenticator=self.authenticator_class(parent=self, store=store, executor=executor),
                           executor=executor, metrics=metrics, max_body_size=self.max_body_size,
-                          authenticate_prometheus=self.authenticate_prometheus)
+                          authenticate_prometheus=self.authenticate_prometheus,
+                          runs=runs, runs_error=runs_error)
         base = normalize_base_url(self.base_url)
         server = HTTPServer(make_app(service, base), max_body_size=service.body_discard_limit, xheaders=True)
         try:
             server.listen(self.port, self.ip)
         except OSError as e:
             log.critical("cannot listen on %s:%s: %s", self.ip, self.port, e)
+            if runs is not None:
+                await loop.run_in_executor(executor, runs.shutdown)
             await loop.run_in_executor(executor, engine.stop)
             ledger.close()
             store.close()
@@ -377,6 +395,9 @@ class PotluckEngine(PotluckApp):
 
         log.info("shutting down")
         server.stop()
+        if runs is not None:
+            # Cancels every run and waits for their threads; followers get the final status event.
+            await loop.run_in_executor(executor, runs.shutdown)
         # Stopping the engine ends every generation (503 to their clients), so streams finish.
         await loop.run_in_executor(executor, engine.stop)
         try:

@@ -13,6 +13,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from tornado import web
 
@@ -25,6 +26,7 @@ from .handlers.generate import GenerateHandler
 from .handlers.me import MeHandler
 from .handlers.metrics import MetricsHandler
 from .handlers.openai import ChatCompletionsHandler, CompletionsHandler, ModelsHandler
+from .handlers.runs import AdminRunHandler, AdminRunsHandler, RunEventsHandler, RunHandler, RunsHandler
 from .handlers.status import SpecHandler, StatusHandler
 from .metrics import EngineMetrics
 from .store import Store, UsageLedger
@@ -40,7 +42,12 @@ ROUTES = [
     (r"api/generate", GenerateHandler),
     (r"api/contexts", ContextListHandler),
     (r"api/contexts/([^/]+)", ContextHandler),
+    (r"api/runs", RunsHandler),
+    (r"api/runs/([^/]+)", RunHandler),
+    (r"api/runs/([^/]+)/events", RunEventsHandler),
     (r"api/admin/tenants", TenantsHandler),
+    (r"api/admin/runs", AdminRunsHandler),
+    (r"api/admin/runs/([^/]+)/([^/]+)", AdminRunHandler),
     (r"api/admin/quotas/users/([^/]+)", QuotaOverrideHandler),
     (r"v1/chat/completions", ChatCompletionsHandler),
     (r"v1/completions", CompletionsHandler),
@@ -59,6 +66,8 @@ class Service:
     metrics: EngineMetrics
     max_body_size: int = 1 << 20
     authenticate_prometheus: bool = True
+    runs: Any = None                    # the sandbox's RunManager; None when it could not load
+    runs_error: str | None = None       # why not (the runs endpoints answer 503 with it)
     started: float = field(default_factory=time.time)
 
     @property
@@ -78,4 +87,5 @@ def make_app(service: Service, base_url: str = "/") -> web.Application:
     base = normalize_base_url(base_url)
     handlers = [(re.escape(base) + path, cls) for path, cls in ROUTES]
     return web.Application(handlers, service=service, default_handler_class=NotFoundHandler,
-                           compress_response=False, serve_traceback=False)
+                           compress_response=False, serve_traceback=False,
+                           websocket_ping_interval=30)

@@ -175,8 +175,7 @@ def test_server_extension_serves_my_engine_view_with_the_servers_token(hub, kern
 
 def test_inferlet_runs_in_the_kernel_and_others_cannot_see_it(hub, kernels):
     probe = call(hub, hub.user_token("alice"), "GET", "api/runs")
-    if probe.status_code == 404 and probe.json()["error"]["code"] == "not_found":
-        pytest.skip("the engine has no runs API yet (inferlets issue)")
+    assert probe.status_code == 200, probe.text      # the engine, as a Hub service, loaded its sandbox
     out, err = kernels["alice"].execute(
         "%%inferlet -o res question=\"What is the capital of France?\"\n"
         "from potluck_inferlet import Context, args\n"
@@ -206,6 +205,14 @@ def test_inferlet_runs_in_the_kernel_and_others_cannot_see_it(hub, kernels):
     assert hub.server("alice", "GET", f"potluck/api/runs/{run_id}").json()["state"] == "finished"
     bob = hub.user_token("bob")
     assert call(hub, bob, "GET", f"api/runs/{run_id}").status_code == 404
+    assert call(hub, bob, "DELETE", f"api/runs/{run_id}").status_code == 404
+    assert hub.server("bob", "GET", f"potluck/api/runs/{run_id}").status_code == 404
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(f"{hub.engine_url.replace('http', 'ws', 1)}/api/runs/{run_id}/events",
+                                    header=[f"Authorization: token {bob}"], timeout=60)
+    assert refused.value.status_code == 404
+    out, err = kernels["bob"].execute("%potluck runs\n")
+    assert run_id not in out and out.strip() == "no runs", (out, err)
     listed = call(hub, bob, "GET", "api/runs").json()
     listed = listed["runs"] if isinstance(listed, dict) else listed
     assert run_id not in {r["id"] for r in listed}

@@ -1,0 +1,255 @@
+"""Inferlet runs over HTTP: start, list, look at, cancel, and follow them on a WebSocket.
+
+The runs themselves are ``engine/sandbox``'s ``RunManager``; these handlers
+only admit the caller, check the body and look runs up *as the caller's
+tenant*: another tenant's run id is a 404 exactly like one that never
+existed (GET, DELETE and the WebSocket alike).
+
+``WS api/runs/{id}/events`` is authenticated like every other endpoint (an
+``Authorization: token|Bearer`` header on the upgrade request; no token in
+the URL). It sends the run's past events, then live ones, one JSON text frame
+each, and closes after the final ``status`` event. Text frames from the
+client are JSON values delivered to the run (its ``receive()``); a message
+the run cannot take is answered with an ``{"type": "error", "error": {...}}``
+frame and the socket stays open. Events reach the IOLoop from the run's own
+thread through ``IOLoop.add_callback``: that thread never waits on a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+from http import HTTPStatus
+
+from tornado import websocket
+from tornado.ioloop import IOLoop
+
+from ..errors import BadRequest, EngineUnavailable, PotluckError
+from .base import APIHandler, check_fields
+
+log = logging.getLogger("potluck.engine")
+
+DONE_STATES = ("finished", "failed", "cancelled")
+CANCEL_WAIT = 5.0       # seconds DELETE waits for the run to stop before answering 202
+
+
+def run_manager(service):
+    """The service's ``RunManager``, or 503 when the sandbox could not be loaded."""
+    runs = getattr(service, "runs", None)
+    if runs is None:
+        why = getattr(service, "runs_error", None) or "the inferlet sandbox is not loaded"
+        raise EngineUnavailable(f"inferlet runs are not available on this engine: {why}",
+                                code="runs_unavailable")
+    return runs
+
+
+def tenants_with_runs(runs) -> list[str]:
+    """Every tenant the manager holds runs for (RunManager has no public call for it yet)."""
+    with runs._lock:
+        return sorted(t for t, by_id in runs._runs.items() if by_id)
+
+
+def is_final(ev: dict) -> bool:
+    return ev.get("type") == "status" and ev.get("state") in DONE_STATES
+
+
+async def wait_ended(run, timeout: float) -> bool:
+    """Wait on the IOLoop (no thread) until ``run`` has ended; False after ``timeout`` seconds."""
+    if run.done:
+        return True
+    loop = IOLoop.current()
+    ended = asyncio.Event()
+
+    def on_event(ev):       # the run's thread: only schedule
+        if is_final(ev):
+            loop.add_callback(ended.set)
+    unsubscribe = run.subscribe(on_event, since=len(run.events))     # only what comes next
+    try:
+        if run.done:
+            return True
+        await asyncio.wait_for(ended.wait(), timeout)
+        return True
+    except asyncio.TimeoutError:
+        return run.done
+    finally:
+        unsubscribe()
+
+
+def run_source(body: dict) -> str | bytes:
+    """The body's ``source`` (text) or ``component`` (base64, decoded): exactly one of them."""
+    if ("source" in body) == ("component" in body):
+        raise BadRequest("a run needs exactly one of 'source' (Python text) or 'component' "
+                         "(a prebuilt component, base64)", code="missing_parameter", param="source")
+    if "source" in body:
+        return body["source"]
+    try:
+        return base64.b64decode(body["component"], validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("component must be the component's bytes in base64", code="invalid_component",
+                         param="component") from None
+
+
+class RunsHandler(APIHandler):
+    """``GET api/runs``: my runs, newest first. ``POST api/runs``: start one."""
+
+    async def get(self) -> None:
+        runs = run_manager(self.service)
+        self.write_json({"runs": [r.to_json() for r in runs.list(self.identity.tenant)]})
+
+    async def post(self) -> None:
+        runs = run_manager(self.service)
+        body = check_fields(self.json_body(), {"source": "string", "component": "string", "args": "object"},
+                            nullable=False, where="a run")
+        source = run_source(body)
+        args = body.get("args", {})
+        ident, engine = self.identity, self.engine
+
+        def start():
+            engine.tenant(ident.tenant, ident.groups, ident.is_admin)     # the quota, from the identity
+            return runs.start(ident.tenant, source, args)
+        run = await self.blocking(start)
+        self.set_header("Location", f"{self.request.path.rstrip('/')}/{run.id}")
+        self.write_json(run.to_json(), status=201)
+
+
+class RunHandler(APIHandler):
+    """``GET api/runs/{id}``: one of my runs. ``DELETE``: cancel it."""
+
+    async def get(self, run_id: str) -> None:
+        run = run_manager(self.service).get(self.identity.tenant, run_id)
+        self.write_json(run.to_json())
+
+    async def delete(self, run_id: str) -> None:
+        run = run_manager(self.service).get(self.identity.tenant, run_id)
+        await cancel_and_answer(self, run)
+
+
+async def cancel_and_answer(handler: APIHandler, run) -> None:
+    """Cancel ``run``; 200 with its JSON once it has ended, 202 if it is still stopping."""
+    await handler.blocking(run.cancel)
+    ended = await wait_ended(run, CANCEL_WAIT)
+    handler.write_json(run.to_json(), status=200 if ended else 202)
+
+
+class AdminRunsHandler(APIHandler):
+    """``GET api/admin/runs``: every tenant's runs (admins)."""
+
+    admin_only = True
+
+    async def get(self) -> None:
+        runs = run_manager(self.service)
+        out = []
+        for tenant in tenants_with_runs(runs):
+            out.extend(r.to_json() for r in runs.list(tenant))
+        out.sort(key=lambda r: r["created"] or "", reverse=True)
+        self.write_json({"runs": out, "stats": runs.stats()})
+
+
+class AdminRunHandler(APIHandler):
+    """``GET/DELETE api/admin/runs/{tenant}/{id}``: look at or cancel anyone's run (admins)."""
+
+    admin_only = True
+
+    async def get(self, tenant: str, run_id: str) -> None:
+        self.write_json(run_manager(self.service).get(tenant, run_id).to_json())
+
+    async def delete(self, tenant: str, run_id: str) -> None:
+        run = run_manager(self.service).get(tenant, run_id)
+        log.info("admin %s cancels run %s of %s", self.identity.tenant, run_id, tenant)
+        await cancel_and_answer(self, run)
+
+
+class RunEventsHandler(websocket.WebSocketHandler):
+    """``WS api/runs/{id}/events``: the run's events out, messages to the run in."""
+
+    run = None
+    _since = 0
+    _unsubscribe = None
+    _closing = False
+
+    @property
+    def service(self):
+        return self.settings["service"]
+
+    def check_origin(self, origin: str) -> bool:
+        # Credentials come only from the Authorization header, which a browser page cannot set on
+        # a WebSocket: a cross-site page cannot act as anyone, so the origin proves nothing here.
+        return True
+
+    def _refuse(self, err: PotluckError) -> None:
+        self.set_status(err.status)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        if err.status == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="potluck"')
+        self.finish(json.dumps(err.to_json()))
+
+    async def get(self, run_id: str, *args, **kwargs) -> None:
+        try:
+            ident = await self.service.authenticator.authenticate(self.request)
+            self.run = run_manager(self.service).get(ident.tenant, run_id)
+            since = self.get_query_argument("since", "0")
+            if not since.isdigit():
+                raise BadRequest("since must be a non-negative event number", code="invalid_type", param="since")
+            self._since = int(since)
+        except PotluckError as e:
+            self._refuse(e)
+            return
+        await super().get(run_id, *args, **kwargs)
+
+    def open(self, run_id: str) -> None:
+        loop = IOLoop.current()
+
+        def on_event(ev: dict) -> None:     # the run's thread (or this one, replaying): only schedule
+            loop.add_callback(self._send_event, ev)
+        self._unsubscribe = self.run.subscribe(on_event, since=self._since)
+
+    def _send_event(self, ev: dict) -> None:
+        if self._closing or self.ws_connection is None:
+            return
+        try:
+            self.write_message(json.dumps(ev, allow_nan=False))
+        except websocket.WebSocketClosedError:
+            return
+        if is_final(ev):
+            self._closing = True
+            self.close(1000, "the run has ended")
+
+    async def on_message(self, message) -> None:
+        try:
+            if isinstance(message, bytes):
+                try:
+                    message = message.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise BadRequest("a message to a run is JSON text (UTF-8)", code="invalid_json") from None
+            try:
+                obj = json.loads(message)
+            except ValueError as e:
+                raise BadRequest(f"a message to a run is one JSON value: {e}", code="invalid_json") from None
+            self.run.send(obj)
+        except PotluckError as e:
+            self._reply_error(e)
+
+    def _reply_error(self, e: PotluckError) -> None:
+        try:
+            self.write_message(json.dumps({"type": "error", **e.to_json()}))
+        except websocket.WebSocketClosedError:
+            pass
+
+    def on_close(self) -> None:
+        self._closing = True
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        # Errors before the upgrade (e.g. a plain GET without Upgrade) stay JSON like the rest of the API.
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        phrase = HTTPStatus(status_code).phrase if status_code in HTTPStatus._value2member_map_ else "error"
+        self.finish(json.dumps({"error": {"code": "bad_request" if status_code < 500 else "internal_error",
+                                          "message": phrase}}))
+
+
+__all__ = ["RunsHandler", "RunHandler", "RunEventsHandler", "AdminRunsHandler", "AdminRunHandler"]
