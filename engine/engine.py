@@ -584,6 +584,7 @@ class Engine:
         ``listener`` is registered before the request is queued, so it sees every event
         (``add_listener`` after this returns may miss the first tokens of a busy loop).
         """
+        called = time.time()   # time to first token counts the wait for the loop too
         t = self._tenant_obj(tenant)
         if sum(x is not None for x in (prompt, messages, tokens)) != 1:
             raise BadRequest("give exactly one of prompt, messages or tokens", code="invalid_prompt")
@@ -614,7 +615,9 @@ class Engine:
         if not ignore_eos:
             stop_ids |= self.eos_ids
         prio = self._priority(t, priority)
-        return self._call(self._start_generation, t, ids, max_tokens, sampler, stop, stop_ids, prio, listener)
+        g = self._call(self._start_generation, t, ids, max_tokens, sampler, stop, stop_ids, prio, listener)
+        g.created = called
+        return g
 
     def _tenant_obj(self, tenant: Tenant | str) -> Tenant:
         if isinstance(tenant, Tenant):

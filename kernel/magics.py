@@ -27,6 +27,24 @@ def _store(shell, name: str | None, value) -> None:
         shell.user_ns[name] = value
 
 
+
+def _stream_into_cell(open_stream):
+    """Print a generation into the cell as it streams; the stream, or None after an error or interrupt."""
+    s = None
+    try:
+        s = open_stream()
+        for piece in s:
+            print(piece, end="", flush=True)
+        print()
+        return s
+    except PotluckError as e:
+        report(e)
+    except KeyboardInterrupt:
+        if s is not None:
+            s.close()        # the engine cancels the generation when the connection closes
+        print("\n[interrupted]", file=sys.stderr)
+    return None
+
 @magics_class
 class PotluckMagics(Magics):
     def __init__(self, shell):
@@ -44,21 +62,11 @@ class PotluckMagics(Magics):
     def generate(self, line: str, cell: str):
         """Generate a continuation of the cell's text, streamed into the output as it comes."""
         args = parse_argstring(self.generate, line)
-        s = None
-        try:
-            s = api.default().stream(cell.rstrip("\n"), context=args.context, max_tokens=args.max_tokens,
-                                     temperature=args.temperature, seed=args.seed)
-            for piece in s:
-                print(piece, end="", flush=True)
-            print()
-        except PotluckError as e:
-            return report(e)
-        except KeyboardInterrupt:
-            if s is not None:
-                s.close()        # the engine cancels the generation when the connection closes
-            print("\n[interrupted]", file=sys.stderr)
-            return
-        _store(self.shell, args.out, s.result)
+        s = _stream_into_cell(lambda: api.default().stream(
+            cell.rstrip("\n"), context=args.context, max_tokens=args.max_tokens,
+            temperature=args.temperature, seed=args.seed))
+        if s is not None:
+            _store(self.shell, args.out, s.result)
 
     # ------------------------------------------------------------ %%chat
     @magic_arguments()
@@ -79,18 +87,9 @@ class PotluckMagics(Magics):
         if args.system:
             self.history.append({"role": "system", "content": args.system})
         messages = self.history + [{"role": "user", "content": cell.strip()}]
-        s = None
-        try:
-            s = api.default().stream(messages=messages, max_tokens=args.max_tokens, temperature=args.temperature)
-            for piece in s:
-                print(piece, end="", flush=True)
-            print()
-        except PotluckError as e:
-            return report(e)
-        except KeyboardInterrupt:
-            if s is not None:
-                s.close()        # the engine cancels the generation when the connection closes
-            print("\n[interrupted]", file=sys.stderr)
+        s = _stream_into_cell(lambda: api.default().stream(
+            messages=messages, max_tokens=args.max_tokens, temperature=args.temperature))
+        if s is None:
             return
         self.history = messages + [{"role": "assistant", "content": str(s.result)}]
         _store(self.shell, args.out, s.result)

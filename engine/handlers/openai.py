@@ -143,6 +143,30 @@ class _OpenAIHandler(GenerationHandler):
         await self.send(sse(g.error.to_json()))
 
 
+    async def end_generation(self, g, stream: bool, chunk, last_choice: dict, include_usage: bool):
+        """The end both endpoints share: ``(result, usage)`` to answer with, or None when done already.
+
+        Streaming ends with the finishing chunk, the usage chunk if asked for, and ``[DONE]``; a
+        failed generation raises (plain) or ends the stream with an error event.
+        """
+        if self.client_gone:
+            return None
+        if g.error is not None:
+            if not stream:
+                raise g.error
+            await self.fail_stream(g)
+            return None
+        res = g.result(timeout=0)
+        usage = openai_usage(res)
+        if stream:
+            tail = chunk([{**last_choice, "finish_reason": res.finish_reason}])
+            if include_usage:
+                tail += chunk([], usage=usage)
+            await self.send(tail + sse("[DONE]"))
+            return None
+        return res, usage
+
+
 class ChatCompletionsHandler(_OpenAIHandler):
     async def post(self) -> None:
         p = check_fields(self.json_body(), CHAT_FIELDS, required=("model", "messages"),
@@ -198,20 +222,10 @@ class ChatCompletionsHandler(_OpenAIHandler):
                            for ev, e in zip(batch, entries) if ev.text or e is not None)
             if text and not await self.send(text):
                 return
-        if self.client_gone:
+        done = await self.end_generation(g, stream, chunk, {"index": 0, "delta": {}, "logprobs": None}, include_usage)
+        if done is None:
             return
-        if g.error is not None:
-            if not stream:
-                raise g.error
-            return await self.fail_stream(g)
-        res = g.result(timeout=0)
-        usage = openai_usage(res)
-        if stream:
-            tail = chunk([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": res.finish_reason}])
-            if include_usage:
-                tail += chunk([], usage=usage)
-            await self.send(tail + sse("[DONE]"))
-            return
+        res, usage = done
         self.write_json({
             "id": cid, "object": "chat.completion", "created": created, "model": model, "system_fingerprint": None,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": res.text, "refusal": None},
@@ -298,20 +312,10 @@ class CompletionsHandler(_OpenAIHandler):
                            for ev in batch)
             if not await self.send(text):
                 return
-        if self.client_gone:
+        done = await self.end_generation(g, stream, chunk, {"index": 0, "text": "", "logprobs": None}, include_usage)
+        if done is None:
             return
-        if g.error is not None:
-            if not stream:
-                raise g.error
-            return await self.fail_stream(g)
-        res = g.result(timeout=0)
-        usage = openai_usage(res)
-        if stream:
-            tail = chunk([{"index": 0, "text": "", "logprobs": None, "finish_reason": res.finish_reason}])
-            if include_usage:
-                tail += chunk([], usage=usage)
-            await self.send(tail + sse("[DONE]"))
-            return
+        res, usage = done
         self.write_json({
             "id": cid, "object": "text_completion", "created": created, "model": model, "system_fingerprint": None,
             "choices": [{"index": 0, "text": echo + res.text, "logprobs": lp if want_logprobs else None,
