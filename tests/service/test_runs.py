@@ -193,7 +193,9 @@ def test_another_tenant_gets_404_for_my_run_everywhere(engine_proc):
 
 def test_a_hostile_run_ends_with_one_line_while_others_generate(engine_proc):
     admin = engine_proc.client("runs-admin", admin=True)
-    r = admin.put("/api/admin/quotas/users/runs-mallory", json={"max_run_seconds": 3})
+    # Unlimited fuel, so the wall-clock deadline is what must stop the loop (on a quiet
+    # machine the default fuel could run out first and the test would depend on speed).
+    r = admin.put("/api/admin/quotas/users/runs-mallory", json={"max_run_seconds": 3, "fuel_per_run": None})
     assert r.status_code == 200, r.text
     mallory, olive = engine_proc.client("runs-mallory"), engine_proc.client("runs-olive")
     body = {"prompt": "The capital of France is", "max_tokens": 4, "temperature": 0}
