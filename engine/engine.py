@@ -812,13 +812,19 @@ class Engine:
         if tokens is None:
             raise NotFound(f"no saved context named {name!r} in your namespace")
         ctx_id = self.create_context(tenant)
-        if tokens:
-            self.forward(tenant, ctx_id, tokens, None).result()
-        snap_id = self.fork_context(tenant, ctx_id)
+        try:
+            if tokens:
+                self.forward(tenant, ctx_id, tokens, None).result()
+        except BaseException:
+            # A refused re-fill (kv_pages, context window) must not leave a context
+            # holding pages under an id the caller never got.
+            self.drop_context(tenant, ctx_id)
+            raise
 
         def keep():
-            snap = self._contexts[tenant].pop(snap_id)
-            self._saved[tenant].setdefault(name, snap)
+            ctx = self._contexts[tenant][ctx_id]
+            if name not in self._saved[tenant]:      # a concurrent open may have re-filled it first
+                self._saved[tenant][name] = self.pool.fork(ctx, next(self._ids))
         self._call(keep)
         return ctx_id
 

@@ -93,6 +93,13 @@ class FairScheduler:
         for q in self.queues.values():
             yield from q
 
+    def _serve(self, req: Schedulable, n: int) -> None:
+        """Charge ``req``'s tenant for feeding ``n`` of its tokens this step."""
+        c = charge(req, n)
+        t = req.tenant
+        self.counters[t] = self.counters.get(t, 0.0) + c / self.weights.get(t, 1.0)
+        self.service[t] = self.service.get(t, 0.0) + c
+
     def schedule(self, budget: int, max_seqs: int, admit: Admit) -> list[tuple[Schedulable, int]]:
         picked: list[tuple[Schedulable, int]] = []
         cursor = {t: 0 for t, q in self.queues.items() if q}
@@ -105,9 +112,7 @@ class FairScheduler:
             cursor[t] += 1
             n = min(req.remaining, budget)
             if n > 0 and admit(req, n):
-                c = charge(req, n)
-                self.counters[t] += c / self.weights.get(t, 1.0)
-                self.service[t] = self.service.get(t, 0.0) + c
+                self._serve(req, n)
                 picked.append((req, n))
                 budget -= n
             if cursor[t] < len(q):
@@ -126,9 +131,7 @@ class FcfsScheduler(FairScheduler):
                 break
             n = min(req.remaining, budget)
             if n > 0 and admit(req, n):
-                c = charge(req, n)
-                self.counters[req.tenant] = self.counters.get(req.tenant, 0.0) + c / self.weights.get(req.tenant, 1.0)
-                self.service[req.tenant] = self.service.get(req.tenant, 0.0) + c
+                self._serve(req, n)
                 picked.append((req, n))
                 budget -= n
         return picked

@@ -92,3 +92,23 @@ def test_overrides_usage_and_saved_contexts_survive_an_engine_restart(tmp_path, 
     assert [e["action"] for e in store.audit_log()][:1] == ["quota.set"]
     ledger.close()
     store.close()
+
+
+def test_reopening_a_saved_context_over_quota_after_restart_leaks_nothing(tmp_path, tokenizer, tiny_weights):
+    url = f"sqlite:///{tmp_path}/potluck.sqlite"
+    store = Store(url)
+    with make_engine(tokenizer, tiny_weights, kv_pages=64, store=store) as eng:
+        ctx = eng.create_context("alice")
+        eng.forward("alice", ctx, list(range(100, 160)), None).result()    # 4 pages
+        eng.save_context("alice", ctx, "long")
+        eng.set_user_override("alice", {"kv_pages": 2}, actor="admin")
+    with make_engine(tokenizer, tiny_weights, kv_pages=64, store=store) as eng:
+        with pytest.raises(QuotaExceeded) as e:
+            eng.open_context("alice", "long")            # re-filled from its tokens: over kv_pages
+        assert e.value.limit == "kv_pages"
+        report = eng.tenant_report("alice")
+        assert report["kv_pages"] == 0 and report["open_contexts"] == 0
+        eng.delete_user_override("alice", actor="admin")
+        opened = eng.open_context("alice", "long")
+        assert eng.context_tokens("alice", opened) == list(range(100, 160))
+    store.close()
