@@ -2,8 +2,9 @@
 
 Under ``<server base>/potluck/api/``: ``status``, ``me``, ``contexts[/NAME]``,
 ``runs[/ID]`` (``DELETE`` cancels), ``runs/ID/events`` (WebSocket),
-``admin/tenants``, ``admin/quotas/users/NAME``; and ``config`` (where the engine
-is, never the token). Each requires the server's own login (its cookie or
+``admin/tenants``, ``admin/quotas/users/NAME``, ``admin/runs`` and
+``admin/runs/TENANT/ID`` (``DELETE`` cancels anyone's run); and ``config``
+(where the engine is, never the token). Each requires the server's own login (its cookie or
 token, and XSRF for browsers), then forwards to the engine as this server's
 user: the browser never holds an engine credential and needs no CORS. The
 engine's answer (status and JSON body, errors included) passes through
@@ -33,6 +34,8 @@ PROXIED = [
     (r"runs", "api/runs", ("GET", "POST")),
     (r"runs/([^/]+)", "api/runs/{}", ("GET", "DELETE")),
     (r"admin/tenants", "api/admin/tenants", ("GET",)),
+    (r"admin/runs", "api/admin/runs", ("GET",)),
+    (r"admin/runs/([^/]+)/([^/]+)", "api/admin/runs/{}/{}", ("GET", "DELETE")),
     (r"admin/quotas/users/([^/]+)", "api/admin/quotas/users/{}", ("GET", "PUT", "DELETE")),
 ]
 

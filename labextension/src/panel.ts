@@ -1,0 +1,664 @@
+/**
+ * The "Potluck" side panel: the engine, my quota (and where each value comes from), my runs
+ * with their live output and a cancel button, my saved contexts; for hub admins every tenant's
+ * usage and quota (editable) and every run (cancellable).
+ *
+ * Plain DOM, updated in place (rows are keyed by run id, context name, tenant), so a refresh
+ * never throws away a button under the pointer or a half-filled form.
+ */
+
+import { LabIcon } from '@jupyterlab/ui-components';
+import { Poll } from '@lumino/polling';
+import { Widget } from '@lumino/widgets';
+
+import { PotluckError } from './api';
+import {
+  activeRunsByOwner,
+  EDITABLE_QUOTA_FIELDS,
+  eventText,
+  formatAge,
+  formatBytes,
+  formatCompact,
+  formatCount,
+  formatQuotaValue,
+  IMe,
+  IRun,
+  ISavedContext,
+  ITenant,
+  Level,
+  oneLine,
+  parseContexts,
+  parseRuns,
+  parseTenants,
+  QUOTA_FIELDS,
+  QUOTA_LABELS,
+  quotaInputText,
+  quotaOverrideFromForm,
+  quotaSourceLabel,
+  runEnded,
+  usageLevel,
+  worstLevel
+} from './model';
+import { PANEL_INTERVAL, PotluckState } from './state';
+
+/** Runs shown (newest first) and followed live; output kept per run (characters). */
+const MAX_RUNS_SHOWN = 20;
+const MAX_OUTPUT_CHARS = 64 * 1024;
+
+function el<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  cls?: string,
+  text?: string
+): HTMLElementTagNameMap[K] {
+  const e = document.createElement(tag);
+  if (cls) {
+    e.className = cls;
+  }
+  if (text !== undefined) {
+    e.textContent = text;
+  }
+  return e;
+}
+
+function setText(e: Element | null, text: string): void {
+  if (e && e.textContent !== text) {
+    e.textContent = text;
+  }
+}
+
+/** A table with a header row; rows go in its tbody. */
+function table(cls: string, headers: string[]): HTMLTableElement {
+  const t = el('table', `jp-Potluck-table ${cls}`);
+  const tr = el('tr');
+  for (const h of headers) {
+    tr.appendChild(el('th', undefined, h));
+  }
+  t.createTHead().appendChild(tr);
+  t.createTBody();
+  return t;
+}
+
+/** Make `tbody`'s rows the items' rows, in order: reuse a row by its key, create missing ones, drop the rest. */
+function syncRows<T>(
+  tbody: HTMLTableSectionElement,
+  items: T[],
+  attr: string,
+  key: (item: T) => string,
+  create: (item: T) => HTMLTableRowElement,
+  update: (row: HTMLTableRowElement, item: T) => void
+): void {
+  const existing = new Map<string, HTMLTableRowElement>();
+  for (const row of Array.from(tbody.rows)) {
+    existing.set(row.getAttribute(attr) || '', row);
+  }
+  let prev: Element | null = null;
+  for (const item of items) {
+    const k = key(item);
+    let row = existing.get(k);
+    if (row) {
+      existing.delete(k);
+    } else {
+      row = create(item);
+      row.setAttribute(attr, k);
+    }
+    update(row, item);
+    const want: Element | null = prev ? prev.nextElementSibling : tbody.firstElementChild;
+    if (want !== row) {
+      tbody.insertBefore(row, want);
+    }
+    prev = row;
+  }
+  for (const row of existing.values()) {
+    row.remove();
+  }
+}
+
+function td(cls: string): HTMLTableCellElement {
+  return el('td', cls);
+}
+
+function section(cls: string, heading: string): HTMLElement {
+  const s = el('section', `jp-Potluck-section ${cls}`);
+  s.appendChild(el('h3', 'jp-Potluck-heading', heading));
+  return s;
+}
+
+/** Live output of one run, from its events WebSocket (past events replayed, then live ones). */
+interface IStream {
+  socket: WebSocket | null;
+  text: string;
+  ended: boolean;
+  openedAt: number;
+}
+
+const USED: { [field: string]: (me: IMe) => number } = {
+  tokens_per_minute: me => me.usage.tokensLastMinute,
+  tokens_per_day: me => me.usage.tokensToday,
+  kv_pages: me => me.kvPages,
+  max_runs: me => me.usage.activeRuns,
+  max_concurrent_requests: me => me.usage.activeRequests
+};
+
+export class PotluckPanel extends Widget {
+  constructor(
+    readonly state: PotluckState,
+    icon?: LabIcon
+  ) {
+    super();
+    this.id = 'potluck-panel';
+    this.addClass('jp-PotluckPanel');
+    this.title.caption = 'Potluck';
+    if (icon) {
+      this.title.icon = icon;
+    } else {
+      this.title.label = 'Potluck';
+    }
+    this.node.tabIndex = -1;
+
+    const header = el('div', 'jp-Potluck-header');
+    header.appendChild(el('h2', 'jp-Potluck-title', 'Potluck'));
+    this._who = el('span', 'jp-Potluck-who');
+    header.appendChild(this._who);
+    this.node.appendChild(header);
+
+    this._error = el('div', 'jp-Potluck-error');
+    this._error.setAttribute('role', 'alert');
+    this._error.hidden = true;
+    this.node.appendChild(this._error);
+
+    this._engine = section('jp-Potluck-engine', 'Engine');
+    this._engineBody = el('dl', 'jp-Potluck-engineInfo');
+    this._engine.appendChild(this._engineBody);
+    this.node.appendChild(this._engine);
+
+    const quota = section('jp-Potluck-quotaSection', 'My quota');
+    this._quota = table('jp-Potluck-quota', ['limit', 'value', 'used', 'from']);
+    quota.appendChild(this._quota);
+    this.node.appendChild(quota);
+
+    const runs = section('jp-Potluck-runsSection', 'My runs');
+    this._runs = table('jp-Potluck-runs', ['run', 'state', 'tokens', 'fuel', 'age', '']);
+    this._runsEmpty = el('p', 'jp-Potluck-empty', 'No inferlet runs yet: start one with %%inferlet in a notebook.');
+    runs.appendChild(this._runs);
+    runs.appendChild(this._runsEmpty);
+    this.node.appendChild(runs);
+
+    const contexts = section('jp-Potluck-contextsSection', 'My saved contexts');
+    this._contexts = table('jp-Potluck-contexts', ['name', 'tokens', '']);
+    this._contextsEmpty = el('p', 'jp-Potluck-empty', 'No saved contexts.');
+    contexts.appendChild(this._contexts);
+    contexts.appendChild(this._contextsEmpty);
+    this.node.appendChild(contexts);
+
+    this._poll = new Poll({
+      factory: () => this.refresh(),
+      frequency: { interval: PANEL_INTERVAL, backoff: false },
+      standby: () => !this.isVisible || 'when-hidden',
+      name: 'potluck:panel'
+    });
+    state.changed.connect(this._renderSummary, this);
+  }
+
+  /** Fetch everything the panel shows now (also after a cancel or delete). */
+  async refresh(): Promise<void> {
+    await this.state.refreshSummary();
+    const me = this.state.me;
+    const errors: string[] = [];
+    const get = async <T>(path: string, parse: (b: unknown) => T): Promise<T | null> => {
+      try {
+        return parse(await this.state.api.request(path));
+      } catch (e) {
+        errors.push((e as Error).message);
+        return null;
+      }
+    };
+    const isAdmin = !!me && me.isAdmin;
+    const [runs, contexts, tenants, allRuns] = await Promise.all([
+      get('runs', parseRuns),
+      get('contexts', parseContexts),
+      isAdmin ? get('admin/tenants', parseTenants) : Promise.resolve(null),
+      isAdmin ? get('admin/runs', parseRuns) : Promise.resolve(null)
+    ]);
+    if (runs) {
+      this._renderRuns(runs);
+    }
+    if (contexts) {
+      this._renderContexts(contexts);
+    }
+    this._renderAdmin(isAdmin, tenants, allRuns);
+    this._fetchError = errors.length ? errors[0] : null;
+    this._renderError();
+  }
+
+  protected onAfterShow(): void {
+    void this._poll.refresh();
+  }
+
+  protected onActivateRequest(): void {
+    this.node.focus();
+  }
+
+  dispose(): void {
+    if (this.isDisposed) {
+      return;
+    }
+    this._poll.dispose();
+    for (const s of this._streams.values()) {
+      s.socket?.close();
+    }
+    this._streams.clear();
+    this.state.changed.disconnect(this._renderSummary, this);
+    super.dispose();
+  }
+
+  // ------------------------------------------------------------ summary: engine and my quota
+
+  private _renderSummary(): void {
+    const { status, me } = this.state;
+    if (status) {
+      const rows: [string, string][] = [
+        ['model', status.model],
+        ['device', `${status.deviceName} (${status.deviceKind}${status.deviceMemoryBytes ? ', ' + formatBytes(status.deviceMemoryBytes) : ''})`],
+        ['profile', `${status.profile}${status.dtype ? ' (' + status.dtype + ')' : ''}`],
+        ['KV pages', `${status.freePages} free of ${status.totalPages} × ${status.pageSize} tokens`],
+        ['load', `queue ${status.queueDepth} · ${status.runningGenerations} generating · ${status.activeTenants} active users`],
+        ['version', status.version]
+      ];
+      const dl = this._engineBody;
+      dl.textContent = '';
+      for (const [k, v] of rows) {
+        const dt = el('dt', undefined, k);
+        const dd = el('dd', `jp-Potluck-engine-${k.replace(/\s/g, '')}`, v);
+        dl.appendChild(dt);
+        dl.appendChild(dd);
+      }
+    }
+    if (me) {
+      const groups = me.groups.length ? ` · groups: ${me.groups.join(', ')}` : '';
+      setText(this._who, `${me.name}${groups}${me.isAdmin ? ' · admin' : ''}`);
+      const fields = QUOTA_FIELDS.filter(f => f in me.quota).concat(
+        Object.keys(me.quota).filter(f => QUOTA_FIELDS.indexOf(f) < 0)
+      );
+      syncRows(
+        this._quota.tBodies[0],
+        fields,
+        'data-field',
+        f => f,
+        () => {
+          const tr = el('tr');
+          tr.append(td('jp-Potluck-quotaField'), td('jp-Potluck-quotaValue'), td('jp-Potluck-quotaUsed'), td('jp-Potluck-quotaSource'));
+          return tr;
+        },
+        (tr, f) => {
+          const value = me.quota[f];
+          setText(tr.cells[0], QUOTA_LABELS[f] || f);
+          tr.cells[0].title = f;
+          setText(tr.cells[1], formatQuotaValue(f, value));
+          const used = USED[f] ? USED[f](me) : null;
+          setText(tr.cells[2], used === null ? '' : String(used));
+          setText(tr.cells[3], quotaSourceLabel(me.quotaSource[f]));
+          const level: Level = used === null ? 'ok' : usageLevel(used, typeof value === 'number' ? value : null);
+          tr.dataset.level = level;
+        }
+      );
+    }
+    this._renderError();
+  }
+
+  private _renderError(): void {
+    const msg = this.state.error || this._actionError || this._fetchError;
+    this._error.hidden = !msg;
+    setText(this._error, msg ? oneLine(msg) : '');
+  }
+
+  /** Run an action (cancel, delete, save); show its error, refresh right after. */
+  private async _act(button: HTMLButtonElement | null, action: () => Promise<unknown>): Promise<void> {
+    if (button) {
+      button.disabled = true;
+    }
+    try {
+      await action();
+      this._actionError = null;
+    } catch (e) {
+      this._actionError = e instanceof PotluckError ? e.message : oneLine(String((e as Error).message || e));
+    } finally {
+      if (button) {
+        button.disabled = false;
+      }
+    }
+    this._renderError();
+    await this._poll.refresh();
+  }
+
+  // ------------------------------------------------------------ my runs, live output
+
+  private _renderRuns(runs: IRun[]): void {
+    const shown = runs.slice(0, MAX_RUNS_SHOWN);
+    const now = Date.now();
+    for (const r of shown) {
+      this._follow(r);
+    }
+    for (const [id, s] of this._streams) {
+      if (!shown.some(r => r.id === id)) {
+        s.socket?.close();
+        this._streams.delete(id);
+      }
+    }
+    syncRows(
+      this._runs.tBodies[0],
+      shown,
+      'data-run-id',
+      r => r.id,
+      r => {
+        const tr = el('tr', 'jp-Potluck-runRow');
+        tr.append(td('jp-Potluck-runId'), td('jp-Potluck-runState'), td('jp-Potluck-runTokens'),
+          td('jp-Potluck-runFuel'), td('jp-Potluck-runAge'), td('jp-Potluck-runActions'));
+        const outCell = td('jp-Potluck-runOutputCell');
+        const pre = el('pre', 'jp-Potluck-runOutput');
+        pre.dataset.runId = r.id;
+        outCell.appendChild(pre);
+        tr.appendChild(outCell);
+        return tr;
+      },
+      (tr, r) => {
+        setText(tr.cells[0], r.id);
+        tr.cells[0].title = `${r.kind} run ${r.id}${r.error ? ': ' + r.error : ''}`;
+        setText(tr.cells[1], r.state);
+        tr.dataset.state = r.state;
+        tr.cells[1].title = r.error || '';
+        setText(tr.cells[2], `${formatCompact(r.tokens)} tok`);
+        setText(tr.cells[3], `${formatCompact(r.fuel)} fuel`);
+        setText(tr.cells[4], r.created ? `${formatAge(r.created, now)} ago` : '');
+        this._cancelButton(tr.cells[5], !runEnded(r.state), 'jp-Potluck-cancel', `Cancel run ${r.id}`,
+          () => this.state.api.request(`runs/${encodeURIComponent(r.id)}`, 'DELETE'));
+        const pre = tr.cells[6].firstElementChild as HTMLPreElement;
+        const stream = this._streams.get(r.id);
+        let text = stream ? stream.text : '';
+        if (!text && r.error) {
+          text = `[${r.state}] ${r.error}\n`;
+        }
+        setText(pre, text);
+        pre.hidden = !text;
+      }
+    );
+    this._runsEmpty.hidden = shown.length > 0;
+  }
+
+  /** A cancel button in `cell` while `show`; none once the run has ended. */
+  private _cancelButton(cell: HTMLTableCellElement, show: boolean, cls: string, title: string,
+    action: () => Promise<unknown>): void {
+    let button = cell.querySelector('button') as HTMLButtonElement | null;
+    if (!show) {
+      button?.remove();
+      return;
+    }
+    if (!button) {
+      button = el('button', `jp-Button jp-mod-styled jp-mod-warn jp-Potluck-button ${cls}`, 'Cancel');
+      button.title = title;
+      const b = button;
+      button.addEventListener('click', () => void this._act(b, action));
+      cell.appendChild(button);
+    }
+  }
+
+  /** Follow a run's events on its WebSocket (once; again if it dropped before the run ended). */
+  private _follow(run: IRun): void {
+    let s = this._streams.get(run.id);
+    if (s && (s.socket || s.ended)) {
+      return;
+    }
+    if (s && Date.now() - s.openedAt < 5000) {
+      return;          // dropped a moment ago: try again on a later refresh
+    }
+    const stream: IStream = s || { socket: null, text: '', ended: false, openedAt: 0 };
+    stream.openedAt = Date.now();
+    stream.text = '';     // the socket replays every event from the start
+    let socket: WebSocket;
+    try {
+      socket = this.state.api.runEvents(run.id);
+    } catch {
+      this._streams.set(run.id, stream);
+      return;
+    }
+    stream.socket = socket;
+    this._streams.set(run.id, stream);
+    socket.onmessage = (msg: MessageEvent) => {
+      let ev: any;
+      try {
+        ev = JSON.parse(String(msg.data));
+      } catch {
+        return;
+      }
+      const add = eventText(ev);
+      if (add) {
+        stream.text = (stream.text + add).slice(-MAX_OUTPUT_CHARS);
+        const pre = this._runs.querySelector(`pre.jp-Potluck-runOutput[data-run-id="${CSS.escape(run.id)}"]`) as HTMLPreElement | null;
+        if (pre) {
+          pre.textContent = stream.text;
+          pre.hidden = false;
+          pre.scrollTop = pre.scrollHeight;
+        }
+      }
+      if (ev && ev.type === 'status' && runEnded(String(ev.state))) {
+        stream.ended = true;
+        if (!runEnded(run.state)) {
+          void this._poll.refresh();      // show the final state now, not at the next tick
+        }
+      }
+    };
+    socket.onclose = () => {
+      stream.socket = null;
+    };
+  }
+
+  // ------------------------------------------------------------ my saved contexts
+
+  private _renderContexts(contexts: ISavedContext[]): void {
+    syncRows(
+      this._contexts.tBodies[0],
+      contexts,
+      'data-context',
+      c => c.name,
+      c => {
+        const tr = el('tr');
+        tr.append(td('jp-Potluck-contextName'), td('jp-Potluck-contextTokens'), td('jp-Potluck-contextActions'));
+        const b = el('button', 'jp-Button jp-mod-styled jp-mod-warn jp-Potluck-button jp-Potluck-delete', 'Delete');
+        b.title = `Delete the saved context "${c.name}"`;
+        b.addEventListener('click', () =>
+          void this._act(b, () => this.state.api.request(`contexts/${encodeURIComponent(c.name)}`, 'DELETE')));
+        tr.cells[2].appendChild(b);
+        return tr;
+      },
+      (tr, c) => {
+        setText(tr.cells[0], c.name);
+        setText(tr.cells[1], formatCompact(c.nTokens));
+      }
+    );
+    this._contextsEmpty.hidden = contexts.length > 0;
+  }
+
+  // ------------------------------------------------------------ admin view
+
+  private _renderAdmin(isAdmin: boolean, tenants: ITenant[] | null, runs: IRun[] | null): void {
+    if (!isAdmin) {
+      this._admin?.remove();
+      this._admin = null;
+      return;
+    }
+    if (!this._admin) {
+      const admin = section('jp-Potluck-admin', 'All users (admin)');
+      this._tenants = table('jp-Potluck-tenants', ['user', 'usage / quota', '']);
+      admin.appendChild(this._tenants);
+      this._formHost = el('div', 'jp-Potluck-formHost');
+      admin.appendChild(this._formHost);
+      admin.appendChild(el('h4', 'jp-Potluck-subheading', 'All runs'));
+      this._adminRuns = table('jp-Potluck-adminRuns', ['user', 'run', 'state', 'age', '']);
+      admin.appendChild(this._adminRuns);
+      this.node.appendChild(admin);
+      this._admin = admin;
+    }
+    const activeByOwner = runs ? activeRunsByOwner(runs) : {};
+    if (tenants) {
+      this._lastTenants = tenants;
+      syncRows(
+        this._tenants!.tBodies[0],
+        tenants,
+        'data-tenant',
+        t => t.name,
+        t => {
+          const tr = el('tr');
+          tr.append(td('jp-Potluck-tenantName'), td('jp-Potluck-tenantUsage'), td('jp-Potluck-tenantActions'));
+          for (const cls of ['Minute', 'Day', 'Pages', 'Runs']) {
+            tr.cells[1].appendChild(el('span', `jp-Potluck-tenant${cls}`));
+          }
+          const b = el('button', 'jp-Button jp-mod-styled jp-mod-accept jp-Potluck-button jp-Potluck-editQuota', 'Edit');
+          b.title = `Set ${t.name}'s quota override`;
+          b.addEventListener('click', () => this._openQuotaForm(t.name));
+          tr.cells[2].appendChild(b);
+          return tr;
+        },
+        (tr, t) => {
+          const q = t.quota || {};
+          const lim = (f: string) => (typeof q[f] === 'number' ? (q[f] as number) : null);
+          const u = t.usage;
+          const groups = t.groups.length ? ` (${t.groups.join(', ')})` : '';
+          setText(tr.cells[0], `${t.name}${groups}${t.override ? ' *' : ''}`);
+          tr.cells[0].title = [
+            t.override ? `user override: ${JSON.stringify(t.override)}` : 'quota from the defaults and groups',
+            t.live ? '' : 'not seen since the engine started',
+            t.totalTokens === null ? '' : `tokens in all: ${t.totalTokens}`
+          ].filter(x => x).join('\n');
+          const parts = tr.cells[1].children;
+          setText(parts[0], u ? `${u.tokensLastMinute}/${formatCount(lim('tokens_per_minute'))} tok/min` : 'not active');
+          setText(parts[1], u ? `${u.tokensToday}/${formatCount(lim('tokens_per_day'))} tok/day` : '');
+          setText(parts[2], t.quota ? `${t.kvPages}/${formatCount(lim('kv_pages'))} pages` : '');
+          const active = runs ? activeByOwner[t.name] || 0 : u ? u.activeRuns : 0;
+          setText(parts[3], `${active}/${formatCount(lim('max_runs'))} runs`);
+          tr.dataset.level = u
+            ? worstLevel([usageLevel(u.tokensLastMinute, lim('tokens_per_minute')),
+              usageLevel(u.tokensToday, lim('tokens_per_day')), usageLevel(t.kvPages, lim('kv_pages'))])
+            : 'ok';
+        }
+      );
+    }
+    if (runs) {
+      const now = Date.now();
+      syncRows(
+        this._adminRuns!.tBodies[0],
+        runs,
+        'data-admin-run',
+        r => `${r.owner}/${r.id}`,
+        r => {
+          const tr = el('tr');
+          tr.dataset.owner = r.owner;
+          tr.append(td('jp-Potluck-adminRunOwner'), td('jp-Potluck-adminRunId'), td('jp-Potluck-adminRunState'),
+            td('jp-Potluck-adminRunAge'), td('jp-Potluck-adminRunActions'));
+          return tr;
+        },
+        (tr, r) => {
+          setText(tr.cells[0], r.owner);
+          setText(tr.cells[1], r.id);
+          setText(tr.cells[2], r.state);
+          tr.cells[2].title = r.error || '';
+          tr.title = `${r.owner}'s run ${r.id}: ${formatCompact(r.tokens)} tokens, ${formatCompact(r.fuel)} fuel`;
+          setText(tr.cells[3], formatAge(r.created, now));
+          this._cancelButton(tr.cells[4], !runEnded(r.state), 'jp-Potluck-adminCancel', `Cancel ${r.owner}'s run ${r.id}`,
+            () => this.state.api.request(
+              `admin/runs/${encodeURIComponent(r.owner)}/${encodeURIComponent(r.id)}`, 'DELETE'));
+        }
+      );
+    }
+  }
+
+  /** The quota override form for one user: a field per quota value, blank = from defaults and groups. */
+  private _openQuotaForm(name: string): void {
+    const host = this._formHost!;
+    host.textContent = '';
+    const t = this._lastTenants.find(x => x.name === name);
+    const form = el('form', 'jp-Potluck-quotaForm');
+    form.dataset.tenant = name;
+    form.appendChild(el('h4', 'jp-Potluck-subheading', `Quota override for ${name}`));
+    form.appendChild(el('p', 'jp-Potluck-hint',
+      'Blank: the value comes from the defaults and groups. "none": no limit. Saving replaces the whole override.'));
+    const inputs: { [field: string]: HTMLInputElement } = {};
+    const grid = el('div', 'jp-Potluck-formGrid');
+    for (const f of EDITABLE_QUOTA_FIELDS.concat(['models'])) {
+      const label = el('label', 'jp-Potluck-formLabel', f);
+      const input = el('input', 'jp-mod-styled jp-Potluck-formInput');
+      input.name = f;
+      input.type = 'text';
+      input.value = quotaInputText(t?.override?.[f]);
+      const eff = t?.quota?.[f];
+      input.placeholder = eff === undefined ? '' : `${formatQuotaValue(f, eff)} (${quotaSourceLabel(t?.quotaSource?.[f])})`;
+      label.htmlFor = input.id = `potluck-quota-${f}`;
+      inputs[f] = input;
+      grid.append(label, input);
+    }
+    form.appendChild(grid);
+    const msg = el('div', 'jp-Potluck-formError');
+    const save = el('button', 'jp-Button jp-mod-styled jp-mod-accept jp-Potluck-saveQuota', 'Save');
+    save.type = 'submit';
+    const clear = el('button', 'jp-Button jp-mod-styled jp-mod-warn jp-Potluck-clearQuota', 'Reset');
+    clear.title = 'Remove the override: every value from the defaults and groups again';
+    clear.type = 'button';
+    const close = el('button', 'jp-Button jp-mod-styled jp-mod-reject jp-Potluck-closeQuota', 'Close');
+    close.type = 'button';
+    const buttons = el('div', 'jp-Potluck-formButtons');
+    buttons.append(save, clear, close);
+    form.append(msg, buttons);
+    const path = `admin/quotas/users/${encodeURIComponent(name)}`;
+    form.addEventListener('submit', (e: Event) => {
+      e.preventDefault();
+      const texts: { [field: string]: string } = {};
+      for (const f of Object.keys(inputs)) {
+        texts[f] = inputs[f].value;
+      }
+      let body;
+      try {
+        body = quotaOverrideFromForm(texts);
+      } catch (err) {
+        setText(msg, (err as Error).message);
+        return;
+      }
+      void this._act(save, async () => {
+        await this.state.api.request(path, 'PUT', body);
+        host.textContent = '';
+      });
+    });
+    clear.addEventListener('click', () =>
+      void this._act(clear, async () => {
+        try {
+          await this.state.api.request(path, 'DELETE');
+        } catch (e) {
+          if (!(e instanceof PotluckError && e.status === 404)) {
+            throw e;
+          }
+        }
+        host.textContent = '';
+      }));
+    close.addEventListener('click', () => {
+      host.textContent = '';
+    });
+    host.appendChild(form);
+    inputs[EDITABLE_QUOTA_FIELDS[0]].focus();
+  }
+
+  private _poll: Poll;
+  private _who: HTMLElement;
+  private _error: HTMLElement;
+  private _engine: HTMLElement;
+  private _engineBody: HTMLElement;
+  private _quota: HTMLTableElement;
+  private _runs: HTMLTableElement;
+  private _runsEmpty: HTMLElement;
+  private _contexts: HTMLTableElement;
+  private _contextsEmpty: HTMLElement;
+  private _admin: HTMLElement | null = null;
+  private _tenants: HTMLTableElement | null = null;
+  private _adminRuns: HTMLTableElement | null = null;
+  private _formHost: HTMLElement | null = null;
+  private _lastTenants: ITenant[] = [];
+  private _streams = new Map<string, IStream>();
+  private _fetchError: string | null = null;
+  private _actionError: string | null = null;
+}
