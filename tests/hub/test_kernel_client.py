@@ -68,8 +68,22 @@ class StandIn:
                                        "message": "token rate limit: 9 tokens used in the last minute (+2 asked) "
                                                   "against your tokens_per_minute limit 5; try again in a minute"}})
 
+        class AdminRuns(web.RequestHandler):
+            def get(self):
+                self.finish({"runs": [{"id": "r9", "owner": "bob", "state": "running"}], "stats": {}})
+
+        class AdminRun(web.RequestHandler):
+            def get(self, tenant, run_id):
+                self.finish({"id": run_id, "owner": tenant, "state": "running"})
+
+            def delete(self, tenant, run_id):
+                me.cancelled.append(f"{tenant}/{run_id}")
+                self.finish({"id": run_id, "owner": tenant, "state": "cancelled"})
+
         self.app = web.Application([(r"/api/runs", Runs), (r"/api/runs/([^/]+)", Run),
-                                    (r"/api/runs/([^/]+)/events", Events), (r"/api/generate", Generate)])
+                                    (r"/api/runs/([^/]+)/events", Events), (r"/api/generate", Generate),
+                                    (r"/api/admin/runs", AdminRuns),
+                                    (r"/api/admin/runs/([^/]+)/([^/]+)", AdminRun)])
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +207,14 @@ def test_a_plain_jupyter_server_proxies_my_runs_to_a_standalone_engine(standin, 
         finally:
             ws.close()
         assert kinds == ["status:running", "output", "message", "usage", "status:finished"]
+        # The admin runs endpoints (the lab's admin view): everyone's runs, look at and cancel any.
+        assert requests.get(base + "/potluck/api/admin/runs", timeout=10).status_code == 403
+        assert requests.get(base + "/potluck/api/admin/runs", headers=auth, timeout=10).json()["runs"][0]["id"] == "r9"
+        r = requests.get(base + "/potluck/api/admin/runs/bob/r9", headers=auth, timeout=10)
+        assert r.status_code == 200 and r.json()["owner"] == "bob"
+        r = requests.delete(base + "/potluck/api/admin/runs/bob/r9", headers=auth, timeout=10)
+        assert r.status_code == 200 and r.json()["state"] == "cancelled"
+        assert standin.cancelled[-1] == "bob/r9"
         cfg = requests.get(base + "/potluck/api/config", headers=auth, timeout=10).json()
         assert cfg == {"engine_url": standin.url, "found_by": "PotluckExtension.engine_url", "has_token": True}
     finally:
