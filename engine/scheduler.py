@@ -60,6 +60,10 @@ class FairScheduler:
         self.weights: dict[str, float] = {}
         self.service: dict[str, float] = {}      # unweighted charges served, for metrics and tests
         self._floor = 0.0                        # counter of the last tenant to go idle
+        # Ties between counters (every returning tenant is lifted to exactly the smallest
+        # active one) go to the tenant served least recently, never by name.
+        self._last_served: dict[str, int] = {}
+        self._serves = 0
 
     def set_weight(self, tenant: str, weight: float) -> None:
         self.weights[tenant] = max(float(weight), 1e-6)
@@ -99,14 +103,19 @@ class FairScheduler:
         t = req.tenant
         self.counters[t] = self.counters.get(t, 0.0) + c / self.weights.get(t, 1.0)
         self.service[t] = self.service.get(t, 0.0) + c
+        self._serves += 1
+        self._last_served[t] = self._serves
+
+    def _key(self, t: str, req: Schedulable) -> tuple:
+        return (req.priority, self.counters[t], self._last_served.get(t, 0), t)
 
     def schedule(self, budget: int, max_seqs: int, admit: Admit) -> list[tuple[Schedulable, int]]:
         picked: list[tuple[Schedulable, int]] = []
         cursor = {t: 0 for t, q in self.queues.items() if q}
-        heap = [(self.queues[t][0].priority, self.counters[t], t) for t in cursor]
+        heap = [self._key(t, self.queues[t][0]) for t in cursor]
         heapq.heapify(heap)
         while heap and budget > 0 and len(picked) < max_seqs:
-            _, _, t = heapq.heappop(heap)
+            t = heapq.heappop(heap)[-1]
             q = self.queues[t]
             req = q[cursor[t]]
             cursor[t] += 1
@@ -116,7 +125,7 @@ class FairScheduler:
                 picked.append((req, n))
                 budget -= n
             if cursor[t] < len(q):
-                heapq.heappush(heap, (q[cursor[t]].priority, self.counters[t], t))
+                heapq.heappush(heap, self._key(t, q[cursor[t]]))
         return picked
 
 

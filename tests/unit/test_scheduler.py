@@ -128,3 +128,17 @@ def test_a_request_that_cannot_be_admitted_is_skipped_and_not_charged():
     picked = sched.schedule(64, 8, admit=lambda r, n: r is not blocked)
     assert [r for r, _ in picked] == [ok]
     assert sched.service.get("alice", 0.0) == 0.0
+
+
+def test_a_tie_goes_to_the_tenant_served_least_recently_not_by_name():
+    # A returning tenant is lifted to exactly the smallest active counter, so ties are the
+    # common case; breaking them by name let "aaron" go first on every one of "zoe"'s returns,
+    # which made zoe's first token wait a whole extra step behind aaron's prefill chunk.
+    sched = FairScheduler()
+    for _ in range(8):
+        sched.add(Req("aaron", 64, decode=False))
+    sched.schedule(64, 8, lambda r, n: True)                  # aaron's counter is now 66
+    sched.add(Req("zoe", 32, decode=False))                   # lifted to 66: a tie
+    assert sched.counters["zoe"] == sched.counters["aaron"]
+    picked = sched.schedule(64, 8, lambda r, n: True)
+    assert picked[0][0].tenant == "zoe" and picked[0][1] == 32
