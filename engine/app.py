@@ -368,6 +368,8 @@ class PotluckEngine(PotluckApp):
         metrics = EngineMetrics(engine)
         engine.step_listeners.append(metrics.on_step)
         runs, runs_error = await loop.run_in_executor(executor, self.start_runs, engine, store)
+        if runs is not None:
+            metrics.watch_runs(runs)
         service = Service(engine=engine, store=store, ledger=ledger,
                           authenticator=self.authenticator_class(parent=self, store=store, executor=executor),
                           executor=executor, metrics=metrics, max_body_size=self.max_body_size,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import time
 from concurrent.futures import Executor
@@ -138,7 +139,10 @@ class HubAuthenticator(Authenticator):
         super().__init__(**kwargs)
         from jupyterhub.services.auth import HubAuth
         self.service_name = self.service_name or os.environ.get("JUPYTERHUB_SERVICE_NAME") or SERVICE_NAME
-        hub_kw = {"cache_max_age": int(self.cache_seconds)}
+        # HubAuth's cache takes whole seconds and reads 0 as "forever": round up, and never
+        # ask it to keep an answer longer than forever when caching is meant to be off.
+        self._use_cache = self.cache_seconds > 0
+        hub_kw = {"cache_max_age": max(1, math.ceil(self.cache_seconds))}
         if self.api_url:
             hub_kw["api_url"] = self.api_url
         if self.api_token:
@@ -153,11 +157,13 @@ class HubAuthenticator(Authenticator):
         from jupyterhub.services.auth import check_scopes
         from tornado.web import HTTPError
         try:
-            user = await self.hub_auth.user_for_token(token, sync=False)
+            user = await self.hub_auth.user_for_token(token, use_cache=self._use_cache, sync=False)
         except HTTPError as e:
+            # Tokens the Hub vouched for in the last cache_seconds are answered from the cache
+            # above and keep working; only a token not seen lately reaches here.
             self.log.error("cannot check a token with the Hub at %s: %s", self.hub_auth.api_url, e.log_message)
-            raise EngineUnavailable("the engine cannot reach the JupyterHub to check your token; "
-                                    "try again in a moment") from e
+            raise EngineUnavailable(f"the engine cannot reach the JupyterHub at {self.hub_auth.api_url} to check "
+                                    "your token; try again in a moment", code="hub_unreachable") from e
         if not user:
             return None
         if user.get("kind", "user") != "user":
@@ -206,9 +212,14 @@ class HubAuthenticator(Authenticator):
         try:
             model = await self._hub_get(url)
         except Exception as e:
-            # Keep the last good answer rather than drop a group's quota while the Hub is away.
+            # Keep the last good answer rather than drop a group's quota while the Hub is away,
+            # and reuse it for another cache_seconds: a Hub that is down (or slow to refuse)
+            # is not asked again on every request.
             self.log.warning("cannot read group %r from the Hub: %s", name, e)
-            return cached[1] if cached is not None else {}
+            if cached is None:
+                return {}
+            self._groups[name] = (now, cached[1])
+            return cached[1]
         props = ((model or {}).get("properties") or {}).get(SERVICE_NAME) or {}
         try:
             fields = validate_quota_fields(props, where=f"group {name!r} property {SERVICE_NAME!r}")

@@ -718,6 +718,7 @@ class Engine:
         self._generations.pop(g.id, None)
         if self.ledger is not None:
             self.ledger.record(g.tenant, requests=1)
+            self.ledger.flush_soon()     # a finished request's usage reaches the database at once
         g._done.set()
         g._emit(None)
 

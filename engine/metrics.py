@@ -9,7 +9,9 @@ has its own registry, so two engines in one process (tests) never mix.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -32,7 +34,14 @@ class EngineMetrics:
                                    ["tenant", "finish_reason"], registry=r)
         self.http_requests = Counter("potluck_http_requests", "HTTP requests, by handler, method and status",
                                      ["handler", "method", "status"], registry=r)
-        r.register(_StatusCollector(engine))
+        self._status = _StatusCollector(engine)
+        r.register(self._status)
+        # process_resident_memory_bytes, process_open_fds, ... (Linux): what a leak shows up in.
+        ProcessCollector(registry=r)
+
+    def watch_runs(self, runs) -> None:
+        """Report the inferlet ``RunManager``'s gauges too (it starts after the metrics)."""
+        self._status.runs = runs
 
     def on_step(self, info: dict) -> None:
         """Engine step listener (batch-loop thread): counters only, no I/O, no engine calls."""
@@ -57,6 +66,7 @@ class _StatusCollector:
 
     def __init__(self, engine) -> None:
         self.engine = engine
+        self.runs = None
 
     def describe(self):
         return []      # collected lazily: registering must not call into an engine that may not run yet
@@ -80,3 +90,8 @@ class _StatusCollector:
         for report in self.engine.tenant_reports():
             held.add_metric([report["name"]], report["kv_pages"])
         yield held
+        yield gauge("potluck_threads", "Python threads in the engine process", threading.active_count())
+        if self.runs is not None:
+            st = self.runs.stats()
+            yield gauge("potluck_runs_running", "Inferlet runs holding a thread", st["threads"])
+            yield gauge("potluck_runs_queued", "Inferlet runs waiting for a thread", st["queued"])

@@ -7,7 +7,10 @@ The store owns, in one SQL database (``db_url``, SQLite by default, PostgreSQL f
 - the audit log of submissions and admin actions,
 - each tenant's key-value store,
 - standalone-mode API tokens (only their sha256 is kept),
-- saved contexts as token lists, so they can be re-filled after a restart.
+- saved contexts as token lists, so they can be re-filled after a restart,
+- the history of inferlet runs (state, times, error, usage summary; never source or output),
+  written when a run is created and at each change of state, so a run cut off by a crash is
+  found again at the next start and marked failed.
 
 What it must never do: touch tensors or KV pages, or be called per token from the batch loop.
 The loop only calls :meth:`UsageLedger.record`, an in-memory add under a lock; a background
@@ -181,6 +184,25 @@ class SavedContextRow(Base):
     name: Mapped[str] = mapped_column(String(KV_MAX_KEY_CHARS), primary_key=True)
     tokens: Mapped[bytes] = mapped_column(LargeBinary)  # little-endian int32, see _pack_tokens
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=_utcnow)
+
+
+class RunRecord(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tenant: Mapped[str] = mapped_column(String(NAME_CHARS), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    kind: Mapped[str] = mapped_column(String(16), default="python")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    error: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    events: Mapped[int] = mapped_column(Integer, default=0)
+
+
+# Run states that are not final: a run left in one of them at start was cut off by a crash.
+RUN_LIVE_STATES = ("queued", "running")
 
 
 def _hash_token(token: str) -> str:
@@ -478,6 +500,62 @@ class Store:
             ]
 
 
+    # ---- run history
+
+    def save_run(self, run: dict[str, Any]) -> None:
+        """Insert or update a run from its JSON (``Run.to_json``: id, owner, state, times as ISO)."""
+        values = {
+            "tenant": run["owner"], "state": run["state"], "kind": run.get("kind") or "python",
+            "created_at": _parse_iso(run.get("created")) or _utcnow(),
+            "started_at": _parse_iso(run.get("started")), "finished_at": _parse_iso(run.get("finished")),
+            "error": (run.get("error") or None) and str(run["error"])[:2048],
+            "usage": dict(run.get("usage") or {}), "events": int(run.get("events") or 0),
+        }
+
+        def work(s: Session) -> None:
+            row = s.get(RunRecord, run["id"])
+            if row is None:
+                s.add(RunRecord(id=run["id"], **values))
+            else:
+                for k, v in values.items():
+                    setattr(row, k, v)
+
+        self._write(work)
+
+    def get_run(self, tenant: str, run_id: str) -> dict[str, Any] | None:
+        """One of ``tenant``'s runs, as ``Run.to_json`` shapes it; None if it is not theirs."""
+        with self._session.begin() as s:
+            row = s.get(RunRecord, run_id)
+            return _run_json(row) if row is not None and row.tenant == tenant else None
+
+    def list_runs(self, tenant: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Runs newest first: one tenant's, or (``tenant=None``, for admins) everyone's."""
+        q = select(RunRecord).order_by(RunRecord.created_at.desc(), RunRecord.id).limit(limit)
+        if tenant is not None:
+            q = q.where(RunRecord.tenant == tenant)
+        with self._session.begin() as s:
+            return [_run_json(r) for r in s.scalars(q)]
+
+    def fail_unfinished_runs(self, error: str) -> int:
+        """Mark every run still queued or running as failed with ``error`` (at engine start)."""
+        now = _utcnow()
+        with self._session.begin() as s:
+            rows = list(s.scalars(select(RunRecord).where(RunRecord.state.in_(RUN_LIVE_STATES))))
+            for row in rows:
+                row.state, row.error, row.finished_at = "failed", error[:2048], now
+            return len(rows)
+
+
+def _parse_iso(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def _run_json(row: RunRecord) -> dict[str, Any]:
+    return {"id": row.id, "owner": row.tenant, "state": row.state, "error": row.error,
+            "created": _iso(row.created_at), "started": _iso(row.started_at), "finished": _iso(row.finished_at),
+            "usage": dict(row.usage or {}), "events": row.events, "kind": row.kind}
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     # WAL: readers (the HTTP API) never wait for the ledger's writer, nor it for them.
@@ -494,13 +572,20 @@ class UsageLedger:
     """Usage accounting that is cheap on the hot path and durable within seconds.
 
     ``record`` adds into an in-memory dict keyed by (tenant, UTC hour); a daemon thread writes
-    the sums to the store every ``flush_interval`` seconds. Readers get persisted + pending, so
-    a quota check sees usage the moment it is recorded.
+    the sums to the store every ``flush_interval`` seconds, and soon (within ``min_gap``
+    seconds) after ``flush_soon``, which the engine calls when a request or run ends. Readers
+    get persisted + pending, so a quota check sees usage the moment it is recorded.
+
+    What a crash (SIGKILL, power loss) can lose is what is pending: the tokens and page-seconds
+    of work still in progress since the last flush (at most ``flush_interval`` seconds of it),
+    and the usage of work that ended in the last ``min_gap`` seconds. A clean stop loses nothing.
     """
 
-    def __init__(self, store: Store, flush_interval: float = 5.0) -> None:
+    def __init__(self, store: Store, flush_interval: float = 5.0, min_gap: float = 0.25) -> None:
         self._store = store
         self._flush_interval = flush_interval
+        self._min_gap = min_gap
+        self._kick = threading.Event()    # flush_soon: wake the flush thread before its interval
         self._pending: dict[tuple[str, datetime], dict[str, Any]] = {}
         self._lock = threading.Lock()  # guards _pending; held only for dict adds
         # One flush at a time, and readers wait for it: while a batch is being written it is in
@@ -529,6 +614,10 @@ class UsageLedger:
             u["page_seconds"] += page_seconds
             u["fuel"] += fuel
             u["requests"] += requests
+
+    def flush_soon(self) -> None:
+        """Ask for a flush within ``min_gap`` seconds (cheap: sets an event; many calls, one write)."""
+        self._kick.set()
 
     def flush(self) -> bool:
         """Write pending usage to the store. On failure keep what was not written; False."""
@@ -592,12 +681,20 @@ class UsageLedger:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self._flush_interval):
+        while not self._stop.is_set():
+            self._kick.wait(self._flush_interval)
+            if self._stop.is_set():
+                return
+            self._kick.clear()
             self.flush()  # logs and keeps the amounts on failure; the thread must not die
+            # At most one write per min_gap however many requests end: the database is not
+            # written per request under load, and kicks in the gap are served by one flush.
+            self._stop.wait(min(self._min_gap, self._flush_interval))
 
     def close(self) -> None:
         """Stop the flush thread and write what is pending one last time."""
         self._stop.set()
+        self._kick.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None

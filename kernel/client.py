@@ -63,6 +63,22 @@ def _error_from(r: requests.Response) -> PotluckError:
         return PotluckError(f"the engine answered {r.status_code} {r.reason}: {text}", status=r.status_code)
 
 
+def _connected_then_dropped(e: requests.ConnectionError) -> bool:
+    """True when the request reached the engine and the connection then broke (vs never connected)."""
+    seen, cause = set(), e
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        name = type(cause).__name__
+        if name in ("NewConnectionError", "ConnectTimeoutError") or isinstance(cause, ConnectionRefusedError):
+            return False
+        if name in ("RemoteDisconnected", "ProtocolError") or isinstance(cause, (ConnectionResetError,
+                                                                                 BrokenPipeError)):
+            return True
+        cause = cause.args[0] if cause.args and isinstance(cause.args[0], BaseException) else (
+            cause.__context__ or getattr(cause, "reason", None))
+    return False
+
+
 class Completion(str):
     """Generated text (a ``str``) with ``tokens``, ``logprobs``, ``finish_reason`` and ``usage``."""
 
@@ -84,9 +100,11 @@ class Completion(str):
 class Stream:
     """Text pieces as they are generated; ``result`` is the ``Completion`` once the stream ends."""
 
-    def __init__(self, response: requests.Response):
+    def __init__(self, response: requests.Response, engine_url: str = "the engine"):
         self._response = response
+        self._engine_url = engine_url
         self.result: Completion | None = None
+        self._closed_by_us = False
 
     def __iter__(self) -> Iterator[str]:
         event, data = None, []
@@ -108,13 +126,23 @@ class Stream:
                         raise PotluckError(err.get("message", "the generation failed"), code=err.get("code", "error"),
                                            limit=err.get("limit"), value=err.get("value"))
                     event, data = None, []
-        except requests.RequestException as e:
-            raise PotluckError(f"the connection to the engine broke during generation: {type(e).__name__}") from None
+        except (requests.RequestException, OSError) as e:
+            if self._closed_by_us:
+                return
+            raise PotluckError(f"the Potluck engine at {self._engine_url} broke the connection during generation "
+                               f"({type(e).__name__}): it may have stopped or restarted; the answer is incomplete",
+                               code="connection_broken") from None
         finally:
             self._response.close()
+        if self.result is None and not self._closed_by_us:
+            # The stream ended without its final event: never hand back a truncated answer as whole.
+            raise PotluckError(f"the Potluck engine at {self._engine_url} ended the stream before the generation "
+                               "finished: it may have stopped or restarted; the answer is incomplete",
+                               code="connection_broken")
 
     def close(self) -> None:
         """Stop reading; the engine cancels the generation when the connection closes."""
+        self._closed_by_us = True
         self._response.close()
 
 
@@ -202,7 +230,10 @@ class Client:
                                "`potluck token create NAME`), or run under JupyterHub", code="no_token")
         try:
             r = self.session.request(method, self.url + path, stream=stream, timeout=(10, self.timeout), **kw)
-        except requests.ConnectionError:
+        except requests.ConnectionError as e:
+            if _connected_then_dropped(e):
+                raise PotluckError(f"the Potluck engine at {self.url} closed the connection before answering: "
+                                   "it may have stopped or restarted", code="connection_broken") from None
             raise PotluckError(f"cannot reach the Potluck engine at {self.url}: is it running?",
                                code="unreachable") from None
         except requests.Timeout:
@@ -270,7 +301,7 @@ class Client:
         """Like ``generate``, but an iterator of text pieces as they come (``.result`` at the end)."""
         body = self._generate_body(prompt, messages, context, dict(params, max_tokens=max_tokens,
                                                                     temperature=temperature, stream=True))
-        return Stream(self.request("POST", "api/generate", json=body, stream=True))
+        return Stream(self.request("POST", "api/generate", json=body, stream=True), self.url)
 
     def chat(self, message: str | list[dict], *, system: str | None = None, **params) -> Completion:
         """One chat turn: a user message (or a whole message list) in, the assistant's reply out."""
@@ -347,8 +378,8 @@ class Client:
             while True:
                 try:
                     text = ws.recv()
-                except websocket.WebSocketConnectionClosedException:
-                    return
+                except (websocket.WebSocketConnectionClosedException, OSError):
+                    return      # follow() then asks for the run's final state (or says the engine is gone)
                 if not text:
                     return
                 ev = json.loads(text)

@@ -13,6 +13,11 @@ client are JSON values delivered to the run (its ``receive()``); a message
 the run cannot take is answered with an ``{"type": "error", "error": {...}}``
 frame and the socket stays open. Events reach the IOLoop from the run's own
 thread through ``IOLoop.add_callback``: that thread never waits on a client.
+
+Runs that are no longer live (ended long ago, or cut off by an engine that
+stopped) come from the store's run history: GET answers them, DELETE answers
+them as they are (an ended run has nothing to cancel), and the WebSocket sends
+their final ``status`` event and closes.
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ import base64
 import binascii
 import json
 import logging
+from datetime import datetime
 from http import HTTPStatus
 
 from tornado import websocket
 from tornado.ioloop import IOLoop
 
-from ..errors import BadRequest, EngineUnavailable, PotluckError
+from ..errors import BadRequest, EngineUnavailable, NotFound, PotluckError
 from .base import APIHandler, check_fields
 
 log = logging.getLogger("potluck.engine")
@@ -44,12 +50,6 @@ def run_manager(service):
         raise EngineUnavailable(f"inferlet runs are not available on this engine: {why}",
                                 code="runs_unavailable")
     return runs
-
-
-def tenants_with_runs(runs) -> list[str]:
-    """Every tenant the manager holds runs for (RunManager has no public call for it yet)."""
-    with runs._lock:
-        return sorted(t for t, by_id in runs._runs.items() if by_id)
 
 
 def is_final(ev: dict) -> bool:
@@ -97,7 +97,7 @@ class RunsHandler(APIHandler):
 
     async def get(self) -> None:
         runs = run_manager(self.service)
-        self.write_json({"runs": [r.to_json() for r in runs.list(self.identity.tenant)]})
+        self.write_json({"runs": await self.blocking(runs.records, self.identity.tenant)})
 
     async def post(self) -> None:
         runs = run_manager(self.service)
@@ -119,16 +119,24 @@ class RunHandler(APIHandler):
     """``GET api/runs/{id}``: one of my runs. ``DELETE``: cancel it."""
 
     async def get(self, run_id: str) -> None:
-        run = run_manager(self.service).get(self.identity.tenant, run_id)
-        self.write_json(run.to_json())
+        runs = run_manager(self.service)
+        self.write_json(await self.blocking(runs.record, self.identity.tenant, run_id))
 
     async def delete(self, run_id: str) -> None:
-        run = run_manager(self.service).get(self.identity.tenant, run_id)
-        await cancel_and_answer(self, run)
+        await cancel_and_answer(self, self.identity.tenant, run_id)
 
 
-async def cancel_and_answer(handler: APIHandler, run) -> None:
-    """Cancel ``run``; 200 with its JSON once it has ended, 202 if it is still stopping."""
+async def cancel_and_answer(handler: APIHandler, tenant: str, run_id: str) -> None:
+    """Cancel the run; 200 with its JSON once it has ended, 202 if it is still stopping.
+
+    A run only in the history has ended already: 200 with its record.
+    """
+    runs = run_manager(handler.service)
+    try:
+        run = runs.get(tenant, run_id)
+    except NotFound:
+        handler.write_json(await handler.blocking(runs.record, tenant, run_id))
+        return
     await handler.blocking(run.cancel)
     ended = await wait_ended(run, CANCEL_WAIT)
     handler.write_json(run.to_json(), status=200 if ended else 202)
@@ -141,11 +149,7 @@ class AdminRunsHandler(APIHandler):
 
     async def get(self) -> None:
         runs = run_manager(self.service)
-        out = []
-        for tenant in tenants_with_runs(runs):
-            out.extend(r.to_json() for r in runs.list(tenant))
-        out.sort(key=lambda r: r["created"] or "", reverse=True)
-        self.write_json({"runs": out, "stats": runs.stats()})
+        self.write_json({"runs": await self.blocking(runs.records, None), "stats": runs.stats()})
 
 
 class AdminRunHandler(APIHandler):
@@ -154,18 +158,18 @@ class AdminRunHandler(APIHandler):
     admin_only = True
 
     async def get(self, tenant: str, run_id: str) -> None:
-        self.write_json(run_manager(self.service).get(tenant, run_id).to_json())
+        self.write_json(await self.blocking(run_manager(self.service).record, tenant, run_id))
 
     async def delete(self, tenant: str, run_id: str) -> None:
-        run = run_manager(self.service).get(tenant, run_id)
         log.info("admin %s cancels run %s of %s", self.identity.tenant, run_id, tenant)
-        await cancel_and_answer(self, run)
+        await cancel_and_answer(self, tenant, run_id)
 
 
 class RunEventsHandler(websocket.WebSocketHandler):
     """``WS api/runs/{id}/events``: the run's events out, messages to the run in."""
 
     run = None
+    past: dict | None = None      # a run only in the history: its record
     _since = 0
     _unsubscribe = None
     _closing = False
@@ -189,7 +193,12 @@ class RunEventsHandler(websocket.WebSocketHandler):
     async def get(self, run_id: str, *args, **kwargs) -> None:
         try:
             ident = await self.service.authenticator.authenticate(self.request)
-            self.run = run_manager(self.service).get(ident.tenant, run_id)
+            runs = run_manager(self.service)
+            try:
+                self.run = runs.get(ident.tenant, run_id)
+            except NotFound:
+                loop = asyncio.get_running_loop()
+                self.past = await loop.run_in_executor(self.service.executor, runs.record, ident.tenant, run_id)
             since = self.get_query_argument("since", "0")
             if not since.isdigit():
                 raise BadRequest("since must be a non-negative event number", code="invalid_type", param="since")
@@ -200,6 +209,16 @@ class RunEventsHandler(websocket.WebSocketHandler):
         await super().get(run_id, *args, **kwargs)
 
     def open(self, run_id: str) -> None:
+        if self.past is not None:
+            # Its events are gone with the engine that ran it: the final word only.
+            p = self.past
+            when = datetime.fromisoformat(p["finished"]).timestamp() if p.get("finished") else None
+            ev = {"seq": max(p.get("events") or 0, self._since), "time": when, "type": "status",
+                  "state": p["state"]}
+            if p.get("error"):
+                ev["error"] = p["error"]
+            IOLoop.current().add_callback(self._send_event, ev)
+            return
         loop = IOLoop.current()
 
         def on_event(ev: dict) -> None:     # the run's thread (or this one, replaying): only schedule

@@ -8,6 +8,7 @@
     run.send({"hello": "run"})                 # a message into the run
     run.wait(60); run.to_json()
     runs.get("alice", run.id); runs.list("alice"); runs.cancel("alice", run.id)
+    runs.record("alice", run_id); runs.records("alice")   # live or past runs, as JSON
 
 A run's life: ``queued`` (waiting for a thread slot) -> ``running`` ->
 ``finished`` | ``failed`` (with a one-line ``error``) | ``cancelled``.
@@ -25,6 +26,13 @@ starts: ``max_runs`` (concurrent; QuotaExceeded beyond), ``fuel_per_run``,
 ``max_run_seconds``, ``memory_mb_per_run``; KV pages and token rates are
 enforced by the engine on each forward; output is capped by
 ``max_output_bytes``.
+
+Live runs are kept in memory (with the last ``keep_finished`` ended ones per
+tenant); every run is also written to the store's run history when it is
+created and at each change of state, so past runs can be listed after they
+left memory or after a restart. At start the manager marks runs the store
+still has as queued or running as ``failed``: the engine that ran them stopped
+(a crash or SIGKILL; a clean stop cancels every run first).
 
 This module never lets a tenant see another tenant's run: every lookup is by
 (tenant, id), and a run id of someone else is NotFound, exactly like one
@@ -94,6 +102,7 @@ class Run:
         self._subs: list[Callable[[dict], None]] = []
         self._done = threading.Event()
         self._seq = itertools.count()
+        self._persist_lock = threading.Lock()
         self.thread: threading.Thread | None = None
 
     # ---------------------------------------------------------- public API
@@ -158,6 +167,21 @@ class Run:
             self.cancel_requested = True
             self._wake.notify_all()
         self.manager._cancel_queued(self)
+
+    def _persist(self) -> None:
+        """Write the run's current state to the store's run history (never raises).
+
+        The snapshot is taken under ``_persist_lock``, so concurrent writers (the
+        starting thread, the run's thread) land in order: the last write is the newest state.
+        """
+        store = self.manager.store
+        if store is None:
+            return
+        with self._persist_lock:
+            try:
+                store.save_run(self.to_json())
+            except Exception:
+                log.exception("run %s: could not write its state to the run history", self.id)
 
     # --------------------------------------------- called from the run thread
     def _event(self, type_: str, **data) -> dict:
@@ -291,6 +315,7 @@ class Run:
                 self.started_monotonic = time.monotonic()
                 if self.quota.max_run_seconds is not None:
                     self.deadline = self.started_monotonic + self.quota.max_run_seconds
+            self._persist()
             self._event("status", state=RUNNING)
             component = None
             if self.component is not None:
@@ -300,6 +325,9 @@ class Run:
                     error = f"the component could not be compiled: {' '.join(str(e).split())[:300]}"
             if error is None and not self.cancel_requested:
                 error, fuel = sandbox.execute(self, imports, component, self.source)
+            elif self.cancel_requested:
+                # Cancelled before its code ran: that is a cancelled run, not a finished one.
+                self.kill(CANCELLED, "cancelled by its owner")
         except Exception as e:
             log.exception("run %s failed on the host side", self.id)
             error = f"internal error: {type(e).__name__}"
@@ -326,8 +354,10 @@ class Run:
             self.error = error
             self.finished = time.time()
             self.source = ""
-            self.component = None
             self._inbox.clear()
+        self._persist()     # before the final event: whoever saw the run end finds it so after a restart
+        with self._lock:
+            self.component = None
             ev = {"state": state}
             if error is not None:
                 ev["error"] = error
@@ -383,7 +413,7 @@ class RunManager:
     """Starts, finds, lists and cancels runs, per tenant. Thread-safe."""
 
     def __init__(self, engine, store=None, *, sandbox=None, max_output_bytes: int = 1 << 20,
-                 max_threads: int = 256, keep_finished: int = 20):
+                 max_threads: int = 256, keep_finished: int = 20, history_limit: int = 100):
         from .host import Sandbox
         self.engine = engine
         self.store = store
@@ -397,6 +427,15 @@ class RunManager:
         self._active: dict[str, int] = {}                  # tenant -> runs queued or running
         self._queue: collections.deque[Run] = collections.deque()
         self._threads = 0
+        self.history_limit = history_limit
+        self.restarted = time.time()
+        self.cut_off = 0        # runs found queued or running at start and marked failed
+        if store is not None:
+            stamp = datetime.fromtimestamp(self.restarted, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            self.cut_off = store.fail_unfinished_runs(
+                f"the engine stopped while this run was running (restarted at {stamp})")
+            if self.cut_off:
+                log.warning("%d runs were cut off when the engine last stopped; marked failed", self.cut_off)
 
     # ---------------------------------------------------------------- API
     def start(self, tenant: str, source: str | bytes, args: dict | None = None) -> Run:
@@ -437,6 +476,10 @@ class RunManager:
             t.active_runs = self._active[tenant]
             self._trim(tenant)
             self._queue.append(run)
+        # Written before it can start, so the history never lacks a run that ran; _persist orders
+        # this write against the run thread's own (RUNNING, the end).
+        run._persist()
+        with self._lock:
             self._launch()
         return run
 
@@ -450,6 +493,37 @@ class RunManager:
         """The tenant's runs, newest first (live ones and the last ``keep_finished`` ended ones)."""
         with self._lock:
             return list(reversed(list(self._runs.get(tenant, {}).values())))
+
+    def list_all(self) -> list[Run]:
+        """Every tenant's runs held in memory, newest first (the admin view of live runs)."""
+        with self._lock:
+            runs = [r for by_id in self._runs.values() for r in by_id.values()]
+        runs.sort(key=lambda r: r.created, reverse=True)
+        return runs
+
+    def record(self, tenant: str, run_id: str) -> dict:
+        """One of ``tenant``'s runs as JSON: the live run, else its entry in the run history."""
+        run = self._runs.get(tenant, {}).get(run_id)
+        if run is not None:
+            return run.to_json()
+        found = self.store.get_run(tenant, run_id) if self.store is not None else None
+        if found is None:
+            raise NotFound(f"no run {run_id!r} in your namespace")
+        return found
+
+    def records(self, tenant: str | None, limit: int | None = None) -> list[dict]:
+        """Runs as JSON, newest first: live ones, then past ones from the run history.
+
+        ``tenant=None`` is every tenant's (admins). At most ``limit`` (``history_limit``) entries.
+        """
+        limit = self.history_limit if limit is None else limit
+        live = self.list(tenant) if tenant is not None else self.list_all()
+        out = [r.to_json() for r in live]
+        seen = {r["id"] for r in out}
+        if self.store is not None:
+            out += [r for r in self.store.list_runs(tenant, limit=limit + len(seen)) if r["id"] not in seen]
+        out.sort(key=lambda r: r["created"] or "", reverse=True)
+        return out[:limit]
 
     def cancel(self, tenant: str, run_id: str) -> Run:
         run = self.get(tenant, run_id)
@@ -502,6 +576,7 @@ class RunManager:
                 t.fuel += fuel
         if self.engine.ledger is not None and fuel:
             self.engine.ledger.record(run.tenant, fuel=fuel)
+            self.engine.ledger.flush_soon()
 
     def _release(self, run: Run) -> None:
         self.topics.leave(run)

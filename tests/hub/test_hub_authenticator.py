@@ -120,3 +120,18 @@ def test_an_unreachable_hub_is_503_not_a_wrong_tenant(hub_and_auth):
     auth.hub_auth.api_url = "http://127.0.0.1:9/hub/api"
     with pytest.raises(EngineUnavailable):
         run(auth.identify("some-new-token"))
+
+
+def test_a_hub_that_stops_keeps_cached_tokens_working_and_names_itself_to_new_ones(hub_and_auth):
+    hub, auth, run = hub_and_auth
+    auth.cache_seconds = 5              # the group cache; the token cache is HubAuth's (rounded up to 1 s)
+    assert run(auth.identify("alice-token")).tenant == "alice"
+    url = auth.hub_auth.api_url
+    auth.hub_auth.api_url = "http://127.0.0.1:9/hub/api"        # nothing listens there: the Hub is gone
+    ident = run(auth.identify("alice-token"))                 # from the cache, groups included
+    assert ident.tenant == "alice" and ident.groups["students"] == {"tokens_per_minute": 5000}
+    with pytest.raises(EngineUnavailable) as e:
+        run(auth.identify("ada-token"))
+    assert e.value.status == 503 and e.value.code == "hub_unreachable"
+    assert "http://127.0.0.1:9/hub/api" in e.value.message and "\n" not in e.value.message
+    assert url != auth.hub_auth.api_url

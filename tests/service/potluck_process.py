@@ -38,8 +38,12 @@ def potluck(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 class EngineProcess:
     def __init__(self, data_dir: Path, *, port: int | None = None, port_on_command_line: bool = True,
-                 prefix: str = "", env: dict | None = None, args: tuple = ()):
+                 prefix: str = "", env: dict | None = None, args: tuple = (), kv_pages: int = KV_PAGES,
+                 max_body: int = MAX_BODY, usage_flush_interval: float = 1):
         self.data_dir = data_dir
+        self.usage_flush_interval = usage_flush_interval
+        self.kv_pages = kv_pages        # the benchmarks start bigger engines with the same launcher
+        self.max_body = max_body
         self.port = port or free_port()
         self.root = f"http://127.0.0.1:{self.port}"
         self.url = self.root + prefix.rstrip("/")
@@ -53,7 +57,7 @@ class EngineProcess:
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
             [POTLUCK, "engine", *self.args, f"--data-dir={self.data_dir}",
-             f"--kv-pages={KV_PAGES}", f"--max-body-size={MAX_BODY}", "--PotluckEngine.usage_flush_interval=1"],
+             f"--kv-pages={self.kv_pages}", f"--max-body-size={self.max_body}", f"--PotluckEngine.usage_flush_interval={self.usage_flush_interval}"],
             stdout=log, stderr=subprocess.STDOUT, cwd=self.data_dir, env=self.env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -78,6 +82,19 @@ class EngineProcess:
             code = self.proc.wait()
         self.proc = None
         return code
+
+    def kill(self) -> None:
+        """SIGKILL: the engine gets no chance to flush, cancel or close anything (a crash)."""
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        self.proc = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "the engine is not running"
+        return self.proc.pid
 
     def restart(self) -> None:
         assert self.stop() == 0, self.log_tail()
@@ -104,7 +121,8 @@ class EngineProcess:
         return Client(self.url, self.token(name, admin))
 
     def status(self) -> dict:
-        return requests.get(self.url + "/api/status", timeout=30).json()
+        """``/api/status`` as an admin (``root``), so it includes the engine's ``stats`` counters."""
+        return self.client("root", admin=True).get("/api/status", timeout=30).json()
 
 
 class Client(requests.Session):

@@ -369,3 +369,38 @@ def test_missing_data_dir_is_created(tmp_path):
         assert store.audit_log()[0]["action"] == "start"
     finally:
         store.close()
+
+
+def _run(run_id, owner, state, created="2025-01-01T10:00:00+00:00", **kw):
+    return {"id": run_id, "owner": owner, "state": state, "error": None, "created": created, "started": None,
+            "finished": None, "usage": {"decode_tokens": 3}, "events": 2, "kind": "python", **kw}
+
+
+def test_run_history_is_per_tenant_and_newest_first(store):
+    store.save_run(_run("r1", "alice", "queued"))
+    store.save_run(_run("r1", "alice", "finished", started="2025-01-01T10:00:01+00:00",
+                        finished="2025-01-01T10:00:02+00:00"))
+    store.save_run(_run("r2", "alice", "running", created="2025-01-01T11:00:00+00:00"))
+    store.save_run(_run("r3", "bob", "failed", error="line 1: ValueError: x"))
+    assert store.get_run("alice", "r1") == _run("r1", "alice", "finished", started="2025-01-01T10:00:01+00:00",
+                                                finished="2025-01-01T10:00:02+00:00")
+    assert store.get_run("alice", "r3") is None            # bob's run is not alice's to see
+    assert [r["id"] for r in store.list_runs("alice")] == ["r2", "r1"]
+    assert [r["id"] for r in store.list_runs(None)] == ["r2", "r1", "r3"]
+    assert store.list_runs("alice", limit=1)[0]["id"] == "r2"
+
+
+def test_runs_left_live_are_marked_failed_at_the_next_start(store, db_url):
+    store.save_run(_run("r1", "alice", "running"))
+    store.save_run(_run("r2", "alice", "queued"))
+    store.save_run(_run("r3", "alice", "finished"))
+    store = reopen(store, db_url)
+    try:
+        assert store.fail_unfinished_runs("the engine stopped") == 2
+        states = {r["id"]: (r["state"], r["error"]) for r in store.list_runs("alice")}
+        assert states == {"r1": ("failed", "the engine stopped"), "r2": ("failed", "the engine stopped"),
+                          "r3": ("finished", None)}
+        assert store.get_run("alice", "r1")["finished"] is not None
+        assert store.fail_unfinished_runs("again") == 0
+    finally:
+        store.close()
