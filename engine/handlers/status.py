@@ -1,13 +1,18 @@
 """``GET /api/status`` and ``GET /api/spec.yaml``: about the service itself.
 
 Both answer without a token: status is the readiness probe (and says nothing
-about any tenant beyond a count), the spec is public documentation.
+about any tenant beyond a count), the spec is public documentation. The
+engine's cumulative counters (``stats``: prefix-cache hit tokens, prefill and
+decode totals) are shown to admins only: with one other tenant active, their
+change between two probes would tell that tenant's cache hits and prompt
+lengths.
 """
 
 from __future__ import annotations
 
 from importlib import resources
 
+from ..errors import PotluckError
 from .base import APIHandler
 
 
@@ -17,7 +22,17 @@ class StatusHandler(APIHandler):
     async def get(self) -> None:
         status = await self.blocking(self.engine.status)
         status["uptime_seconds"] = round(self.service.uptime(), 3)
+        if not await self._caller_is_admin():
+            status.pop("stats", None)
         self.write_json(status)
+
+    async def _caller_is_admin(self) -> bool:
+        if "Authorization" not in self.request.headers and "token" not in self.request.arguments:
+            return False
+        try:
+            return (await self.service.authenticator.authenticate(self.request)).is_admin
+        except PotluckError:
+            return False        # a bad credential on a public probe is just "not an admin"
 
 
 class SpecHandler(APIHandler):

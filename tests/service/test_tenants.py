@@ -112,3 +112,18 @@ def test_admin_token_from_the_cli_is_admin(engine_proc):
     assert me["is_admin"] is True
     listed = potluck("token", "list", f"--data-dir={engine_proc.data_dir}").stdout
     assert any(line.split()[:2] == ["root", "yes"] for line in listed.splitlines())
+
+
+def test_public_status_hides_the_counters_that_would_time_another_tenants_prompts(engine_proc):
+    import requests
+    ivan = engine_proc.client("ivan")
+    assert ivan.post("/api/generate", json={"prompt": "Ivan's private prompt", "max_tokens": 1}).status_code == 200
+    anonymous = requests.get(engine_proc.url + "/api/status", timeout=30).json()
+    as_tenant = ivan.get("/api/status").json()
+    forged = requests.get(engine_proc.url + "/api/status", headers={"Authorization": "token nope"}, timeout=30)
+    as_admin = engine_proc.client("root", admin=True).get("/api/status").json()
+    # Everyone sees the load; only an admin sees the cumulative prefill / prefix-hit counters.
+    for view in (anonymous, as_tenant, forged.json()):
+        assert "stats" not in view and "queue_depth" in view and "kv" in view
+    assert forged.status_code == 200
+    assert as_admin["stats"]["prefill_tokens"] > 0 and "prefix_hit_tokens" in as_admin["stats"]
