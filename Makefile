@@ -8,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench soak clean
 
 venv: $(VENV)/.installed
 
@@ -49,6 +49,16 @@ test: venv
 
 bench: venv
 	$(PY) benchmarks/bench_engine.py
+	$(PY) benchmarks/bench_throughput.py
+	$(PY) benchmarks/bench_lab.py
+	$(PY) benchmarks/bench_fairness.py
+	$(PY) benchmarks/bench_isolation.py
+
+# Not part of `make test`: 10 minutes of runs from 20 tenants plus thousands of client hang-ups,
+# watching the engine's RSS, pages, threads and fds (SOAK_MINUTES=1 for a quick try).
+SOAK_MINUTES ?= 10
+soak: venv
+	$(PY) benchmarks/soak.py --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) *.egg-info labextension/node_modules labextension/lib labextension/lib-test labextension/tsconfig.tsbuildinfo jupyter_ext/labextension
