@@ -47,15 +47,10 @@ import logging
 import os
 import platform
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -63,10 +58,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engine import build_prompts, code_version, log  # noqa: E402  (same prompts as bench_engine.py)
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "service"))
+from potluck_process import EngineProcess  # noqa: E402  (the service tests' engine launcher)
+
 TENANTS = 4
 TARGET_N = 32
 TARGET_OVERHEAD = 0.10
-POTLUCK = shutil.which("potluck", path=str(Path(sys.executable).parent)) or "potluck"
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -172,12 +169,6 @@ class InProcess:
 
 
 # ------------------------------------------------------------------ (b) HTTP
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class SSEClient:
     """Incremental parser of one server-sent event stream (fed raw body chunks)."""
 
@@ -203,60 +194,34 @@ class SSEClient:
 
 
 class HTTPEngine:
-    """A ``potluck engine`` subprocess on a free port with its own data dir (as tests/service do)."""
+    """A ``potluck engine`` subprocess on a free port with its own data dir: the service tests' launcher."""
 
     name = "http"
 
     def __init__(self, kv_pages: int, keep: bool = False):
-        self.kv_pages = kv_pages
         self.keep = keep
-        self.dir = Path(tempfile.mkdtemp(prefix="potluck-bench-http-"))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = self.dir / "engine.log"
-        self.proc: subprocess.Popen | None = None
+        # The engine's own default body limit (EngineProcess's default is the tests' smaller one).
+        self.engine = EngineProcess(Path(tempfile.mkdtemp(prefix="potluck-bench-http-")), kv_pages=kv_pages,
+                                    max_body=1 << 20, args=("--model=default",))
+        self.dir = self.engine.data_dir
+        self.url = self.engine.url
         self.tokens: dict[str, str] = {}
 
-    def log_tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text().splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def _get_json(self, path: str, timeout: float = 30) -> dict:
-        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
-            return json.loads(r.read())
-
     def start(self, timeout: float = 600) -> dict:
-        # cwd is the empty data dir, so no potluck_config.py from elsewhere is read.
-        with open(self.log_path, "a") as logf:
-            self.proc = subprocess.Popen(
-                [POTLUCK, "engine", "--model=default", f"--port={self.port}", f"--data-dir={self.dir}",
-                 f"--kv-pages={self.kv_pages}"],
-                stdout=logf, stderr=subprocess.STDOUT, cwd=self.dir)
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the engine exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                status = self._get_json("/api/status", timeout=5)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the engine did not answer /api/status in {timeout:.0f} s:\n"
-                                       f"{self.log_tail()}") from None
-                time.sleep(0.3)
+        self.engine.start(timeout=timeout)
         for i in range(TENANTS):
-            name = f"bench{i}"
-            r = subprocess.run([POTLUCK, "token", "create", name, f"--data-dir={self.dir}"], capture_output=True,
-                               text=True, timeout=120, cwd=self.dir)
-            if r.returncode != 0:
-                raise RuntimeError(f"potluck token create {name} failed: {r.stderr.strip()}")
-            self.tokens[name] = r.stdout.strip().splitlines()[-1]
-        return status
+            self.tokens[f"bench{i}"] = self.engine.token(f"bench{i}")
+        # The engine's counters (``stats`` in /api/status) are shown to admins only.
+        self.admin = self.engine.client("benchadmin", admin=True)
+        return self.status()
+
+    def status(self) -> dict:
+        r = self.admin.get("/api/status")
+        r.raise_for_status()
+        return r.json()
 
     def stats(self) -> dict:
-        return self._get_json("/api/status")["stats"]
+        return self.status()["stats"]
 
     def run(self, prompts: list[list[int]], new_tokens: int) -> list[dict]:
         return asyncio.run(self._run(prompts, new_tokens))
@@ -317,15 +282,7 @@ class HTTPEngine:
         return c
 
     def stop(self) -> int:
-        code = 0
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                code = self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                code = self.proc.wait()
-            self.proc = None
+        code = self.engine.stop()
         if not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
         return code
