@@ -11,7 +11,8 @@ tenants the difference in the service they received stays within 2x the
 largest single charge; FCFS lets a flooding tenant take everything.
 
 Priority classes sit above the counters: interactive requests are served
-before batch ones.
+before batch ones. Within one tenant, running sequences' decode tokens go
+before its prompts still waiting.
 
 The scheduler sees requests only through a few plain attributes; it never
 touches tensors, pages or the model.
@@ -80,7 +81,16 @@ class FairScheduler:
             active = [self.counters[t] for t, other in self.queues.items() if other]
             base = min(active) if active else self._floor
             self.counters[req.tenant] = max(self.counters.get(req.tenant, 0.0), base)
-        q.append(req)
+        if req.decode:
+            # A running sequence's next token goes before this tenant's prompts still waiting
+            # (as vLLM runs running sequences first): else, under overload, a tenant's new prompts
+            # would keep its own decodes waiting and its pages growing. Other tenants are unaffected.
+            i = len(q)
+            while i > 0 and not q[i - 1].decode:
+                i -= 1
+            q.insert(i, req)
+        else:
+            q.append(req)
 
     def remove(self, req: Schedulable) -> None:
         q = self.queues.get(req.tenant)

@@ -142,3 +142,23 @@ def test_a_tie_goes_to_the_tenant_served_least_recently_not_by_name():
     assert sched.counters["zoe"] == sched.counters["aaron"]
     picked = sched.schedule(64, 8, lambda r, n: True)
     assert picked[0][0].tenant == "zoe" and picked[0][1] == 32
+
+
+def test_a_tenants_running_decodes_go_before_its_own_waiting_prompts():
+    """Under overload a tenant's new prompts must not keep its running sequences from finishing."""
+    sched = FairScheduler()
+    prompts = [Req("alice", 64, decode=False) for _ in range(3)]
+    for p in prompts:
+        sched.add(p)
+    decode = Req("alice", 1, decode=True)                # arrives after the prompts
+    sched.add(decode)
+    picked = sched.schedule(budget=64, max_seqs=16, admit=lambda r, n: True)
+    assert picked[0] == (decode, 1)                     # the decode first, then what budget is left
+    assert picked[1] == (prompts[0], 63)
+    # Decodes keep their own order among themselves, and other tenants' order is untouched.
+    d2 = Req("alice", 1, decode=True)
+    sched.add(d2)
+    bob = Req("bob", 64, decode=False)
+    sched.add(bob)
+    assert list(sched.queues["alice"])[:2] == [decode, d2]
+    assert list(sched.queues["bob"]) == [bob]
