@@ -121,6 +121,38 @@ def code_version() -> dict:
     return info
 
 
+def device_kind() -> str:
+    import torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def machine_info(load_before, status: dict | None = None, **extra) -> dict:
+    """The machine a result was measured on (``status``: the engine's /api/status, for its device)."""
+    import torch
+    import transformers
+    from potluck.engine import __version__ as engine_version
+    info = {
+        "device": (status or {}).get("device", {}).get("kind") or device_kind(),
+        "device_info": (status or {}).get("device"),
+        "cuda_available": torch.cuda.is_available(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "processor": platform.processor() or platform.machine(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "potluck_engine": engine_version,
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        **extra,
+    }
+    if not torch.cuda.is_available():
+        info["note"] = "no GPU on this machine (torch.cuda.is_available() is False): measured on the CPU"
+    return info
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -428,7 +460,6 @@ def main(argv=None) -> int:
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
 
-    from potluck.engine import __version__ as engine_version
     from potluck.engine.engine import Engine, EngineConfig
 
     t_start = time.perf_counter()
@@ -534,20 +565,7 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "engine throughput vs sequential generate vs transformers generate_batch",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "device": "cpu",
-            "cpu_count": os.cpu_count(),
-            "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "processor": platform.processor() or platform.machine(),
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "potluck_engine": engine_version,
-            "torch_threads": args.threads,
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine_info(load_before, torch_threads=args.threads),
         "code": code,
         "config": {
             "model": lm_engine.name, "dtype": "float32", "prompt_tokens": args.prompt_tokens,

@@ -47,7 +47,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import platform
 import random
 import statistics
 import sys
@@ -61,7 +60,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import code_version, log  # noqa: E402
+from bench_engine import code_version, log, machine_info  # noqa: E402
 
 from potluck.engine.scheduler import OUTPUT_WEIGHT, FairScheduler, make_scheduler  # noqa: E402
 
@@ -515,7 +514,6 @@ def main(argv=None) -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
     import transformers
     transformers.logging.set_verbosity_error()
-    from potluck.engine import __version__ as engine_version
     from potluck.engine.engine import Engine, EngineConfig
     from potluck.engine.tenants import Quota
 
@@ -594,15 +592,7 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "fairness: VTC paper scenarios on the real engine, fair vs FCFS",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "device": dev_kind, "device_name": dev_name, "cpu_count": os.cpu_count(),
-            "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "processor": platform.processor() or platform.machine(), "platform": platform.platform(),
-            "python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
-            "potluck_engine": engine_version, "torch_threads": torch.get_num_threads(),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine_info(load_before, device_name=dev_name, torch_threads=torch.get_num_threads()),
         "code": code,
         "config": {"model": eng.model_name, "quick": args.quick, "scale": scale, "durations_s": dur,
                    "batch_token_budget": args.budget, "max_batch_seqs": args.max_seqs, "kv_pages": args.kv_pages,

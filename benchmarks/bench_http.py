@@ -45,7 +45,6 @@ import gc
 import json
 import logging
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -56,7 +55,7 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import build_prompts, code_version, log  # noqa: E402  (same prompts as bench_engine.py)
+from bench_engine import build_prompts, code_version, log, machine_info  # noqa: E402  (same prompts as bench_engine.py)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "service"))
 from potluck_process import EngineProcess  # noqa: E402  (the service tests' engine launcher)
@@ -412,11 +411,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     for name in ("transformers", "potluck"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    import torch
     import transformers
     from transformers import AutoTokenizer
     transformers.logging.set_verbosity_error()
-    from potluck.engine import __version__ as engine_version
     from potluck.engine.weights import resolve_model_dir
 
     t_start = time.perf_counter()
@@ -468,20 +465,7 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "streamed generation through the HTTP API vs the engine in-process",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "device": device,
-            "device_info": st["device"],
-            "cpu_count": os.cpu_count(),
-            "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "processor": platform.processor() or platform.machine(),
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "potluck_engine": engine_version,
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine_info(load_before, st),
         "code": code,
         "config": {
             "model": st["model"], "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "n": ns,

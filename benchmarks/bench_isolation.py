@@ -39,7 +39,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import platform
 import random
 import statistics
 import sys
@@ -52,7 +51,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import code_version, log  # noqa: E402
+from bench_engine import code_version, log, machine_info  # noqa: E402
 
 CLASSES = ("B-shared", "B-fresh", "A-repeat", "A-fresh")
 VOCAB_LO, VOCAB_HI = 1000, 40000
@@ -265,7 +264,6 @@ def main(argv=None) -> int:
         logging.getLogger(name).setLevel(logging.ERROR)
     import transformers
     transformers.logging.set_verbosity_error()
-    from potluck.engine import __version__ as engine_version
     from potluck.engine.weights import DEFAULT_MODEL
 
     dev_kind = "cuda" if torch.cuda.is_available() else "cpu"
@@ -296,14 +294,7 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "prefix-cache timing probe: tenant B vs tenant A's cached prefix",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "device": dev_kind, "device_name": dev_name, "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(), "platform": platform.platform(),
-            "python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
-            "potluck_engine": engine_version,
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine_info(load_before, device_name=dev_name),
         "code": code,
         "config": {"model": sides["in_process"]["engine"].get("model", DEFAULT_MODEL), "quick": args.quick, "n_per_class": n, "prefix_tokens": args.prefix_tokens,
                    "suffix_tokens": args.suffix_tokens, "max_tokens": 1, "classes": list(CLASSES),

@@ -49,7 +49,6 @@ import logging
 import os
 import random
 import shutil
-import statistics
 import sys
 import tempfile
 import threading
@@ -61,8 +60,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "service"))
-from bench_engine import SENTENCES, code_version, log  # noqa: E402
-from bench_throughput import create_tokens, device_kind, engine_metrics, machine_info, metrics_delta  # noqa: E402
+from bench_engine import SENTENCES, code_version, device_kind, log, machine_info  # noqa: E402
+from bench_throughput import create_tokens, engine_metrics, metrics_delta  # noqa: E402
 from potluck_process import EngineProcess  # noqa: E402  (the service tests' engine launcher)
 
 from potluck.kernel.client import Client, PotluckError  # noqa: E402  (what a notebook uses)

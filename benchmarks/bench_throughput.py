@@ -39,7 +39,6 @@ import datetime as _dt
 import json
 import logging
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -52,7 +51,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "service"))
-from bench_engine import SENTENCES, code_version, log  # noqa: E402
+from bench_engine import SENTENCES, code_version, device_kind, log, machine_info  # noqa: E402
 from bench_http import SSEClient, step_delta, ttft_stats  # noqa: E402
 from potluck_process import EngineProcess  # noqa: E402  (the service tests' engine launcher)
 
@@ -78,36 +77,6 @@ send({"tokens": [first.token] + list(rest.tokens), "prompt_tokens": prompt_token
 
 
 # ----------------------------------------------------------------- helpers
-def device_kind() -> str:
-    import torch
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def machine_info(load_before, status: dict | None = None) -> dict:
-    import torch
-    import transformers
-    from potluck.engine import __version__ as engine_version
-    info = {
-        "device": (status or {}).get("device", {}).get("kind") or device_kind(),
-        "device_info": (status or {}).get("device"),
-        "cuda_available": torch.cuda.is_available(),
-        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "processor": platform.processor() or platform.machine(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "potluck_engine": engine_version,
-        "load_average_before": [round(x, 2) for x in load_before],
-        "load_average_after": [round(x, 2) for x in os.getloadavg()],
-    }
-    if not torch.cuda.is_available():
-        info["note"] = "no GPU on this machine (torch.cuda.is_available() is False): measured on the CPU"
-    return info
-
-
 def create_tokens(proc: EngineProcess, names: list[str], admin: tuple[str, ...] = ()) -> dict[str, str]:
     """Tokens for many tenants at once: the same ``Store.create_token`` that ``potluck token create``
     calls, on the engine's database (one CLI call per token costs ~1 s of imports each)."""
