@@ -153,6 +153,26 @@ def machine_info(load_before, status: dict | None = None, **extra) -> dict:
     return info
 
 
+def begin(name: str, out_arg: str | None, quick: bool) -> tuple[Path, float, dict]:
+    """Quiet the libraries' logs, log which code and load this run starts with.
+
+    Returns the output path (``results/<name>_<device>``, ``_quick`` appended for a
+    smoke run, unless ``out_arg`` names one), the load average and :func:`code_version`.
+    """
+    logging.basicConfig(level=logging.WARNING)
+    for lib in ("transformers", "potluck"):
+        logging.getLogger(lib).setLevel(logging.ERROR)
+    import transformers
+    transformers.logging.set_verbosity_error()
+    out = Path(out_arg or Path(__file__).resolve().parent / "results" /
+               f"{name}_{device_kind()}{'_quick' if quick else ''}")
+    load_before = os.getloadavg()
+    code = code_version()
+    log(f"code: commit {str(code.get('git_commit'))[:10]}, uncommitted engine files "
+        f"{code.get('engine_uncommitted') or 'none'}; load average {load_before[0]:.2f} on {os.cpu_count()} CPUs")
+    return out, load_before, code
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import logging
 import os
 import random
 import statistics
@@ -60,7 +59,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import code_version, log, machine_info  # noqa: E402
+from bench_engine import begin, log, machine_info  # noqa: E402
 
 from potluck.engine.scheduler import OUTPUT_WEIGHT, FairScheduler, make_scheduler  # noqa: E402
 
@@ -509,23 +508,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     scale = args.scale if args.scale is not None else (0.35 if args.quick else 1.0)
 
-    logging.basicConfig(level=logging.WARNING)
-    for name in ("transformers", "potluck"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    import transformers
-    transformers.logging.set_verbosity_error()
     from potluck.engine.engine import Engine, EngineConfig
     from potluck.engine.tenants import Quota
 
-    dev_kind = "cuda" if torch.cuda.is_available() else "cpu"
-    dev_name = torch.cuda.get_device_name(0) if dev_kind == "cuda" else "cpu"
-    out = Path(args.out or Path(__file__).resolve().parent / "results" /
-               f"fairness_{dev_kind}{'_quick' if args.quick else ''}")
+    out, load_before, code = begin("fairness", args.out, args.quick)
+    dev_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     t_start = time.perf_counter()
-    load_before = os.getloadavg()
-    code = code_version()
-    log(f"code: commit {str(code.get('git_commit'))[:10]}, uncommitted engine files "
-        f"{code.get('engine_uncommitted') or 'none'}; load average {load_before[0]:.2f} on {os.cpu_count()} CPUs")
 
     # The engine is the bottleneck: a small token budget per step; no per-tenant request cap.
     config = EngineConfig(model="default", kv_pages=args.kv_pages, scheduler="fair",

@@ -86,7 +86,7 @@ def summarize(clients: list[dict], new_tokens: int) -> dict:
         "ttft": ttft_stats(ttft),
         "ttft_all_s": [round(x, 4) for x in ttft],
         "mean_request_s": sum(c["t_end"] - c["t_send"] for c in clients) / len(clients),
-        "cached_tokens": sum(c["cached_tokens"] for c in clients),
+        "cached_tokens": sum(c.get("cached_tokens") or 0 for c in clients),
     }
 
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import logging
 import os
 import random
 import statistics
@@ -51,7 +50,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import code_version, log, machine_info  # noqa: E402
+from bench_engine import begin, log, machine_info  # noqa: E402
 
 CLASSES = ("B-shared", "B-fresh", "A-repeat", "A-fresh")
 VOCAB_LO, VOCAB_HI = 1000, 40000
@@ -259,22 +258,11 @@ def main(argv=None) -> int:
     n = args.n or (12 if args.quick else 40)
     http = not (args.no_http or args.quick)
 
-    logging.basicConfig(level=logging.WARNING)
-    for name in ("transformers", "potluck"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    import transformers
-    transformers.logging.set_verbosity_error()
     from potluck.engine.weights import DEFAULT_MODEL
 
-    dev_kind = "cuda" if torch.cuda.is_available() else "cpu"
-    dev_name = torch.cuda.get_device_name(0) if dev_kind == "cuda" else "cpu"
-    out = Path(args.out or Path(__file__).resolve().parent / "results" /
-               f"isolation_{dev_kind}{'_quick' if args.quick else ''}")
+    out, load_before, code = begin("isolation", args.out, args.quick)
+    dev_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     t_start = time.perf_counter()
-    load_before = os.getloadavg()
-    code = code_version()
-    log(f"code: commit {str(code.get('git_commit'))[:10]}, uncommitted engine files "
-        f"{code.get('engine_uncommitted') or 'none'}; load average {load_before[0]:.2f} on {os.cpu_count()} CPUs")
 
     sides = {}
     raw, info = in_process(args, trial_plan(n, seed=1))

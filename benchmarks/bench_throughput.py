@@ -52,7 +52,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "service"))
 from bench_engine import SENTENCES, code_version, device_kind, log, machine_info  # noqa: E402
-from bench_http import SSEClient, step_delta, ttft_stats  # noqa: E402
+from bench_http import SSEClient, step_delta  # noqa: E402
+from bench_http import summarize as http_summarize  # noqa: E402
 from potluck_process import EngineProcess  # noqa: E402  (the service tests' engine launcher)
 
 PATHS = ("generate", "chat", "inferlet")
@@ -140,19 +141,9 @@ def user_messages(tokenizer, n: int, length: int, seed: int) -> list[list[dict]]
 
 
 def summarize(clients: list[dict], new_tokens: int) -> dict:
-    start = min(c["t_send"] for c in clients)
-    end = max(c["t_end"] for c in clients)
-    wall = end - start
-    ttft = [c["t_first"] - c["t_send"] for c in clients]
-    return {
-        "wall_s": wall,
-        "tokens_per_s": len(clients) * new_tokens / wall,
-        "ttft": ttft_stats(ttft),
-        "ttft_all_s": [round(x, 4) for x in ttft],
-        "mean_request_s": statistics.mean(c["t_end"] - c["t_send"] for c in clients),
-        "prompt_tokens": sorted({c["prompt_tokens"] for c in clients if c.get("prompt_tokens") is not None}),
-        "cached_tokens": sum(c.get("cached_tokens") or 0 for c in clients),
-    }
+    """bench_http's round summary, plus the prompt lengths the clients were sent."""
+    return {**http_summarize(clients, new_tokens),
+            "prompt_tokens": sorted({c["prompt_tokens"] for c in clients if c.get("prompt_tokens") is not None})}
 
 
 # ----------------------------------------------------------------- clients
