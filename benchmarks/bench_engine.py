@@ -38,6 +38,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -171,6 +172,14 @@ def begin(name: str, out_arg: str | None, quick: bool) -> tuple[Path, float, dic
     log(f"code: commit {str(code.get('git_commit'))[:10]}, uncommitted engine files "
         f"{code.get('engine_uncommitted') or 'none'}; load average {load_before[0]:.2f} on {os.cpu_count()} CPUs")
     return out, load_before, code
+
+
+def save(out: Path, result: dict, draw: Callable[[Path], None]) -> None:
+    """Write ``out``.json, draw ``out``.png with ``draw(path)``, and say so."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    draw(out.with_suffix(".png"))
+    log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')} (total {result['total_seconds']:.0f}s)")
 
 
 def log(msg: str) -> None:
@@ -608,11 +617,7 @@ def main(argv=None) -> int:
         "total_seconds": time.perf_counter() - t_start,
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(rows, out.with_suffix(".png"), meta)
-    log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')} "
-        f"(total {result['total_seconds']:.0f}s)")
+    save(out, result, lambda png: plot(rows, png, meta))
     print()
     print(table(rows, args.new_tokens))
     if at_target is not None:

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import random
 import statistics
@@ -59,7 +58,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import begin, log, machine_info  # noqa: E402
+from bench_engine import begin, log, machine_info, save  # noqa: E402
 
 from potluck.engine.scheduler import OUTPUT_WEIGHT, FairScheduler, make_scheduler  # noqa: E402
 
@@ -601,10 +600,7 @@ def main(argv=None) -> int:
         "backlog": res["backlog"], "noisy": res["noisy"], "idle": res["idle"], "weights": res["weights"],
         "total_seconds": time.perf_counter() - t_start,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    plot(result, out.with_suffix(".png"))
-    log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')} (total {result['total_seconds']:.0f}s)")
+    save(out, result, lambda png: plot(result, png))
     print()
     print(summary(result))
     return 0

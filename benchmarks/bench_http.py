@@ -55,7 +55,7 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import build_prompts, code_version, log, machine_info  # noqa: E402  (same prompts as bench_engine.py)
+from bench_engine import build_prompts, code_version, log, machine_info, save  # noqa: E402  (same prompts as bench_engine.py)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "service"))
 from potluck_process import EngineProcess  # noqa: E402  (the service tests' engine launcher)
@@ -488,11 +488,8 @@ def main(argv=None) -> int:
         "total_seconds": time.perf_counter() - t_start,
     }
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(rows, out.with_suffix(".png"), {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
-                                          "device": device})
-    log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')} (total {result['total_seconds']:.0f}s)")
+    meta = {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "device": device}
+    save(out, result, lambda png: plot(rows, png, meta))
     print()
     print(table(rows))
     if at_target is not None:

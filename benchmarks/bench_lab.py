@@ -60,7 +60,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "service"))
-from bench_engine import SENTENCES, code_version, device_kind, log, machine_info  # noqa: E402
+from bench_engine import SENTENCES, code_version, device_kind, log, machine_info, save  # noqa: E402
 from bench_throughput import create_tokens, engine_metrics, metrics_delta  # noqa: E402
 from potluck_process import EngineProcess  # noqa: E402  (the service tests' engine launcher)
 
@@ -616,12 +616,9 @@ def main(argv=None) -> int:
         "runs": runs,
         "total_seconds": time.perf_counter() - t_start,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(runs, out.with_suffix(".png"), {"students": args.students, "researchers": args.researchers,
-                                         "think": args.think, "turn_tokens": args.turn_tokens, "batch": args.batch,
-                                         "device": dev})
-    log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')} (total {result['total_seconds']:.0f}s)")
+    meta = {"students": args.students, "researchers": args.researchers, "think": args.think,
+            "turn_tokens": args.turn_tokens, "batch": args.batch, "device": dev}
+    save(out, result, lambda png: plot(runs, png, meta))
     print()
     print(table(runs))
     print()

@@ -51,7 +51,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "service"))
-from bench_engine import SENTENCES, code_version, device_kind, log, machine_info  # noqa: E402
+from bench_engine import SENTENCES, code_version, device_kind, log, machine_info, save  # noqa: E402
 from bench_http import SSEClient, step_delta  # noqa: E402
 from bench_http import summarize as http_summarize  # noqa: E402
 from potluck_process import EngineProcess  # noqa: E402  (the service tests' engine launcher)
@@ -563,11 +563,8 @@ def main(argv=None) -> int:
         "generate_batch": gb,
         "total_seconds": time.perf_counter() - t_start,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(rows, seq, gb, out.with_suffix(".png"), {"prompt_tokens": args.prompt_tokens,
-                                                  "new_tokens": args.new_tokens, "device": dev})
-    log(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.png')} (total {result['total_seconds']:.0f}s)")
+    meta = {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "device": dev}
+    save(out, result, lambda png: plot(rows, seq, gb, png, meta))
     print()
     print(table(rows, seq))
     return 0
