@@ -154,17 +154,22 @@ def machine_info(load_before, status: dict | None = None, **extra) -> dict:
     return info
 
 
+def quiet_logs() -> None:
+    """Only errors from transformers and the engine: progress lines are the benchmark's own."""
+    logging.basicConfig(level=logging.WARNING)
+    for lib in ("transformers", "potluck"):
+        logging.getLogger(lib).setLevel(logging.ERROR)
+    import transformers
+    transformers.logging.set_verbosity_error()
+
+
 def begin(name: str, out_arg: str | None, quick: bool) -> tuple[Path, float, dict]:
     """Quiet the libraries' logs, log which code and load this run starts with.
 
     Returns the output path (``results/<name>_<device>``, ``_quick`` appended for a
     smoke run, unless ``out_arg`` names one), the load average and :func:`code_version`.
     """
-    logging.basicConfig(level=logging.WARNING)
-    for lib in ("transformers", "potluck"):
-        logging.getLogger(lib).setLevel(logging.ERROR)
-    import transformers
-    transformers.logging.set_verbosity_error()
+    quiet_logs()
     out = Path(out_arg or Path(__file__).resolve().parent / "results" /
                f"{name}_{device_kind()}{'_quick' if quick else ''}")
     load_before = os.getloadavg()
@@ -482,11 +487,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/results/engine_cpu", help="output path without extension")
     args = ap.parse_args(argv)
 
-    logging.basicConfig(level=logging.WARNING)
-    for name in ("transformers", "potluck"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    import transformers
-    transformers.logging.set_verbosity_error()
+    quiet_logs()
     torch.set_num_threads(args.threads)
 
     from potluck.engine.engine import Engine, EngineConfig

@@ -43,7 +43,6 @@ import asyncio
 import datetime as _dt
 import gc
 import json
-import logging
 import os
 import shutil
 import sys
@@ -55,7 +54,7 @@ from pathlib import Path
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import build_prompts, code_version, log, machine_info, save  # noqa: E402  (same prompts as bench_engine.py)
+from bench_engine import build_prompts, code_version, log, machine_info, quiet_logs, save  # noqa: E402  (same prompts as bench_engine.py)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "service"))
 from potluck_process import EngineProcess  # noqa: E402  (the service tests' engine launcher)
@@ -408,12 +407,8 @@ def main(argv=None) -> int:
     if min(args.n) < 1 or args.new_tokens < 1 or args.prompt_tokens < 17:
         ap.error("--n and --new-tokens must be >= 1, --prompt-tokens >= 17")
 
-    logging.basicConfig(level=logging.WARNING)
-    for name in ("transformers", "potluck"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    import transformers
+    quiet_logs()
     from transformers import AutoTokenizer
-    transformers.logging.set_verbosity_error()
     from potluck.engine.weights import resolve_model_dir
 
     t_start = time.perf_counter()

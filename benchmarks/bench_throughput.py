@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import datetime as _dt
 import json
-import logging
 import os
 import shutil
 import statistics
@@ -51,7 +50,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "service"))
-from bench_engine import SENTENCES, code_version, device_kind, log, machine_info, save  # noqa: E402
+from bench_engine import SENTENCES, code_version, device_kind, log, machine_info, quiet_logs, save  # noqa: E402
 from bench_http import SSEClient, step_delta  # noqa: E402
 from bench_http import summarize as http_summarize  # noqa: E402
 from potluck_process import EngineProcess  # noqa: E402  (the service tests' engine launcher)
@@ -422,12 +421,8 @@ def main(argv=None) -> int:
     if min(args.n) < 1 or args.new_tokens < 2 or args.prompt_tokens < 8:
         ap.error("--n >= 1, --new-tokens >= 2, --prompt-tokens >= 8")
 
-    logging.basicConfig(level=logging.WARNING)
-    for name in ("transformers", "potluck"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    quiet_logs()
     import torch
-    import transformers
-    transformers.logging.set_verbosity_error()
     from transformers import AutoTokenizer
     from potluck.engine.weights import resolve_model_dir
 
