@@ -400,6 +400,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, nargs="+", default=[1, 4, 16, 32, 64], help="tenants, one request each")
     ap.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS))
+    ap.add_argument("--engine-arg", action="append", default=[],
+                    help="extra option for `potluck engine`, e.g. --engine-arg=--PotluckEngine.forward_linger_ms=30")
     ap.add_argument("--new-tokens", type=int, default=64, help="tokens generated per request (exactly)")
     ap.add_argument("--prompt-tokens", type=int, default=100, help="user message length in tokens (about; the "
                     "chat template adds its own)")
@@ -444,7 +446,8 @@ def main(argv=None) -> int:
     tenants = [f"tenant{i:02d}" for i in range(max(ns))]
 
     data_dir = Path(tempfile.mkdtemp(prefix="potluck-bench-throughput-"))
-    proc = EngineProcess(data_dir, kv_pages=args.kv_pages, max_body=1 << 20, args=("--model=default",))
+    proc = EngineProcess(data_dir, kv_pages=args.kv_pages, max_body=1 << 20,
+                         args=("--model=default", *args.engine_arg))
     rows: list[dict] = []
     t0 = time.perf_counter()
     proc.start(timeout=600)

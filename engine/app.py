@@ -290,6 +290,12 @@ class PotluckEngine(PotluckApp):
         5.0, help="Seconds between writes of the usage ledger to the database.",
     ).tag(config=True)
 
+    forward_linger_ms = Float(
+        10.0, help="""After a step that served inferlet forwards, wait up to this many ms for those
+        runs' next forwards, so they join one batch instead of trickling into separate steps.
+        0 turns it off. Only runs waiting on the model make the loop wait; generate-only load never does.""",
+    ).tag(config=True)
+
     authenticate_prometheus = Bool(
         True, help="Require an admin token for /metrics (its labels name tenants).",
     ).tag(config=True)
@@ -311,7 +317,8 @@ class PotluckEngine(PotluckApp):
         return EngineConfig(model=self.model, profile=self.profile, profile_overrides=overrides,
                             extra_profiles=dict(self.extra_profiles), kv_pages=self.kv_pages,
                             scheduler=self.scheduler, default_quota=Quota(**self.default_quota),
-                            cache_dir=self.cache_dir, max_context_tokens=self.max_context_tokens)
+                            cache_dir=self.cache_dir, max_context_tokens=self.max_context_tokens,
+                            forward_linger_ms=self.forward_linger_ms)
 
     def write_config(self) -> None:
         path = os.path.expanduser(self.config_file)
