@@ -503,9 +503,10 @@ class RunManager:
 
     def record(self, tenant: str, run_id: str) -> dict:
         """One of ``tenant``'s runs as JSON: the live run, else its entry in the run history."""
-        run = self._runs.get(tenant, {}).get(run_id)
-        if run is not None:
-            return run.to_json()
+        try:
+            return self.get(tenant, run_id).to_json()
+        except NotFound:
+            pass
         found = self.store.get_run(tenant, run_id) if self.store is not None else None
         if found is None:
             raise NotFound(f"no run {run_id!r} in your namespace")

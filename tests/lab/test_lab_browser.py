@@ -39,7 +39,7 @@ import requests
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "tests" / "service"))
-from potluck_process import EngineProcess, free_port  # noqa: E402
+from potluck_process import free_port, serve  # noqa: E402
 
 CHROMIUM = os.environ.get("POTLUCK_CHROMIUM", "/usr/bin/chromium")
 PLAYWRIGHT = REPO / ".npm-tools" / "node_modules" / "playwright-core"
@@ -165,11 +165,7 @@ def notebook(source: str) -> dict:
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    proc = EngineProcess(tmp_path_factory.mktemp("lab-engine"))
-    proc.start()
-    yield proc
-    code = proc.stop()
-    assert code == 0, f"the engine did not shut down cleanly ({code}):\n{proc.log_tail()}"
+    yield from serve(tmp_path_factory.mktemp("lab-engine"))
 
 
 @pytest.fixture(scope="module")

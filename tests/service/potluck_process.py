@@ -125,6 +125,15 @@ class EngineProcess:
         return self.client("root", admin=True).get("/api/status", timeout=30).json()
 
 
+def serve(data_dir: Path, **kwargs):
+    """A fixture's body: start an engine, yield it, then stop it and require a clean shutdown."""
+    proc = EngineProcess(data_dir, **kwargs)
+    proc.start()
+    yield proc
+    code = proc.stop()
+    assert code == 0, f"the engine did not shut down cleanly ({code}):\n{proc.log_tail()}"
+
+
 class Client(requests.Session):
     """requests, with the engine URL as base and the token as a Bearer header."""
 
