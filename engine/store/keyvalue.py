@@ -1,0 +1,57 @@
+"""Each tenant's key-value store: small named byte values that inferlets keep between runs.
+
+This is not the model's KV cache (that is pages of attention keys and values, in the engine's
+page pool); here a "key" is a tenant's string and a "value" their bytes. The public method names
+``kv_get``/``kv_put``/``kv_delete``/``kv_keys`` are kept because the sandbox's host calls of the
+same names call them.
+
+Every method takes the tenant and filters by it: no method can read, list or delete another
+tenant's values. What it must never do: interpret a value.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from .db import Database
+from .tables import KeyValueRow, check_key
+
+MAX_VALUE_BYTES = 1 << 20  # 1 MiB
+
+
+class TenantValues(Database):
+    kv_max_value_bytes: int = MAX_VALUE_BYTES  # the Store sets its own from its settings
+
+    def kv_get(self, tenant: str, key: str) -> bytes | None:
+        with self._session.begin() as s:
+            row = s.get(KeyValueRow, (tenant, key))
+            return bytes(row.value) if row is not None else None
+
+    def kv_put(self, tenant: str, key: str, value: bytes) -> None:
+        check_key("key", key)
+        value = bytes(value)
+        if len(value) > self.kv_max_value_bytes:
+            raise ValueError(f"value is {len(value)} bytes; the limit is {self.kv_max_value_bytes} bytes")
+
+        def work(s: Session) -> None:
+            row = s.get(KeyValueRow, (tenant, key))
+            if row is None:
+                s.add(KeyValueRow(tenant=tenant, key=key, value=value))
+            else:
+                row.value = value
+
+        self._write(work)
+
+    def kv_delete(self, tenant: str, key: str) -> bool:
+        with self._session.begin() as s:
+            result = s.execute(delete(KeyValueRow).where(KeyValueRow.tenant == tenant, KeyValueRow.key == key))
+            return result.rowcount > 0
+
+    def kv_keys(self, tenant: str, prefix: str = "") -> list[str]:
+        q = select(KeyValueRow.key).where(KeyValueRow.tenant == tenant).order_by(KeyValueRow.key)
+        if prefix:
+            # autoescape: a user's "%" or "_" is a character, not a wildcard.
+            q = q.where(KeyValueRow.key.startswith(prefix, autoescape=True))
+        with self._session.begin() as s:
+            return list(s.scalars(q))
