@@ -33,9 +33,8 @@ import json
 import sys
 from urllib.parse import urlparse
 
-SERVICE_NAME = "potluck"
-ADMIN_SCOPE = "custom:potluck:admin"
-TIER_SCOPE = "custom:potluck:tier:{}"
+from potluck.engine.protocol import ADMIN_SCOPE, SERVICE_NAME, TIER_SCOPE
+
 DEFAULT_URL = "http://127.0.0.1:8765"
 SERVER_TOKEN_DEFAULTS = ["users:activity!user", "access:servers!server"]   # the Hub's 'server' role
 

@@ -17,8 +17,9 @@ from urllib.parse import urlparse
 from traitlets import Float, Unicode
 from traitlets.config import LoggingConfigurable
 
+from potluck.engine.protocol import SERVICE_NAME
+
 STANDALONE_URL = "http://127.0.0.1:8765/"
-SERVICE_NAME = "potluck"
 
 
 class PotluckExtension(LoggingConfigurable):

@@ -31,8 +31,9 @@ from urllib.parse import quote, urlparse
 
 import requests
 
+from potluck.engine.protocol import CANCELLED, DONE_STATES, FAILED, FINISHED, QUEUED
+
 DEFAULT_URL = "http://127.0.0.1:8765/"
-DONE_STATES = ("finished", "failed", "cancelled")
 
 
 class PotluckError(Exception):
@@ -158,7 +159,7 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return self.state == "finished"
+        return self.state == FINISHED
 
 
 class Progress:
@@ -391,7 +392,7 @@ class Client:
 
     def follow(self, run_id: str, on_event: Callable[[dict], None] | None = None) -> RunResult:
         """Wait for a run, passing each event to ``on_event``; interrupting cancels the run."""
-        res = RunResult(id=run_id, state="queued")
+        res = RunResult(id=run_id, state=QUEUED)
         out = []
         try:
             for ev in self.events(run_id):
@@ -409,7 +410,7 @@ class Client:
                     on_event(ev)
         except KeyboardInterrupt:
             self.cancel(run_id)
-            res.state = "cancelled"
+            res.state = CANCELLED
             res.error = "interrupted: the run was cancelled"
         res.output = "".join(out)
         if res.state not in DONE_STATES:        # the socket ended early: ask for the final word
@@ -436,7 +437,7 @@ def print_event(ev: dict) -> None:
         stream.flush()
     elif kind == "message":
         print(f"[message] {json.dumps(ev.get('body'))}", flush=True)
-    elif kind == "status" and ev.get("state") in ("failed", "cancelled"):
+    elif kind == "status" and ev.get("state") in (FAILED, CANCELLED):
         print(f"[run {ev.get('state')}] {ev.get('error') or ''}".rstrip(), file=sys.stderr, flush=True)
 
 

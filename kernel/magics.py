@@ -112,7 +112,7 @@ class PotluckMagics(Magics):
             result = api.default().run(cell, **run_args)
         except PotluckError as e:
             return report(e)
-        if result.state != "finished" and result.error:
+        if not result.ok and result.error:
             pass        # print_event already said it, as one line
         _store(self.shell, out, result)
 

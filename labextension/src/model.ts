@@ -10,8 +10,21 @@ export type Level = 'ok' | 'warning' | 'critical' | 'error';
 export const WARN_AT = 0.8;
 export const CRITICAL_AT = 0.95;
 
-/** A run has ended in one of these states (engine/handlers/runs.py DONE_STATES). */
-export const DONE_STATES = ['finished', 'failed', 'cancelled'];
+/** An inferlet run's states: not ended yet (`live`) and ended (`done`). */
+export interface IRunStates {
+  live: string[];
+  done: string[];
+}
+
+/**
+ * The run states of an engine whose `/api/status` has no `run_states` (older than this
+ * frontend). Newer engines send theirs (engine/protocol.py), and those win: the engine may be
+ * upgraded apart from the servers that show its runs.
+ */
+export const DEFAULT_RUN_STATES: IRunStates = {
+  live: ['queued', 'running'],
+  done: ['finished', 'failed', 'cancelled']
+};
 
 /** Quota fields in the order the panel shows them (engine/tenants.py Quota). */
 export const QUOTA_FIELDS = [
@@ -68,6 +81,7 @@ export interface IEngineStatus {
   queueDepth: number;
   runningGenerations: number;
   uptimeSeconds: number;
+  runStates: IRunStates;
 }
 
 export interface IUsage {
@@ -135,6 +149,18 @@ function str(v: unknown, fallback = ''): string {
   return typeof v === 'string' ? v : fallback;
 }
 
+function strings(v: unknown): string[] | null {
+  return Array.isArray(v) && v.length > 0 && v.every(x => typeof x === 'string') ? v : null;
+}
+
+/** The engine's `run_states`, or the defaults when it sends none or a shape this frontend cannot read. */
+export function parseRunStates(body: unknown): IRunStates {
+  const r = obj(body);
+  const live = strings(r.live);
+  const done = strings(r.done);
+  return live && done ? { live, done } : DEFAULT_RUN_STATES;
+}
+
 /** `GET potluck/api/status`. */
 export function parseStatus(body: unknown): IEngineStatus {
   const s = obj(body);
@@ -156,7 +182,8 @@ export function parseStatus(body: unknown): IEngineStatus {
     activeTenants: num(s.active_tenants),
     queueDepth: num(s.queue_depth),
     runningGenerations: num(s.running_generations),
-    uptimeSeconds: num(s.uptime_seconds)
+    uptimeSeconds: num(s.uptime_seconds),
+    runStates: parseRunStates(s.run_states)
   };
 }
 
@@ -498,8 +525,9 @@ export function errorSummary(message: string): IStatusSummary {
 
 // ---------------------------------------------------------------- runs
 
-export function runEnded(state: string): boolean {
-  return DONE_STATES.indexOf(state) >= 0;
+/** Whether a run in `state` has ended (`states`: the engine's, from its status). */
+export function runEnded(state: string, states: IRunStates = DEFAULT_RUN_STATES): boolean {
+  return states.done.indexOf(state) >= 0;
 }
 
 /** The text an event adds to a run's output: what it printed, its messages, and how it ended. */
@@ -526,10 +554,13 @@ export function eventText(event: unknown): string {
 }
 
 /** Runs grouped by owner, counting the ones that have not ended (the admin tenants table). */
-export function activeRunsByOwner(runs: IRun[]): { [owner: string]: number } {
+export function activeRunsByOwner(
+  runs: IRun[],
+  states: IRunStates = DEFAULT_RUN_STATES
+): { [owner: string]: number } {
   const out: { [owner: string]: number } = {};
   for (const r of runs) {
-    if (!runEnded(r.state)) {
+    if (!runEnded(r.state, states)) {
       out[r.owner] = (out[r.owner] || 0) + 1;
     }
   }

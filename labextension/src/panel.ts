@@ -373,7 +373,7 @@ export class PotluckPanel extends Widget {
         setText(tr.cells[2], `${formatCompact(r.tokens)} tok`);
         setText(tr.cells[3], `${formatCompact(r.fuel)} fuel`);
         setText(tr.cells[4], r.created ? `${formatAge(r.created, now)} ago` : '');
-        this._cancelButton(tr.cells[5], !runEnded(r.state), 'jp-Potluck-cancel', `Cancel run ${r.id}`,
+        this._cancelButton(tr.cells[5], !runEnded(r.state, this.state.runStates), 'jp-Potluck-cancel', `Cancel run ${r.id}`,
           () => this.state.api.request(`runs/${encodeURIComponent(r.id)}`, 'DELETE'));
         const pre = tr.cells[6].firstElementChild as HTMLPreElement;
         const stream = this._streams.get(r.id);
@@ -443,9 +443,9 @@ export class PotluckPanel extends Widget {
           pre.scrollTop = pre.scrollHeight;
         }
       }
-      if (ev && ev.type === 'status' && runEnded(String(ev.state))) {
+      if (ev && ev.type === 'status' && runEnded(String(ev.state), this.state.runStates)) {
         stream.ended = true;
-        if (!runEnded(run.state)) {
+        if (!runEnded(run.state, this.state.runStates)) {
           void this._poll.refresh();      // show the final state now, not at the next tick
         }
       }
@@ -501,7 +501,7 @@ export class PotluckPanel extends Widget {
       this.node.appendChild(admin);
       this._admin = admin;
     }
-    const activeByOwner = runs ? activeRunsByOwner(runs) : {};
+    const activeByOwner = runs ? activeRunsByOwner(runs, this.state.runStates) : {};
     if (tenants) {
       this._lastTenants = tenants;
       syncRows(
@@ -569,7 +569,7 @@ export class PotluckPanel extends Widget {
           tr.cells[1].title = r.error || '';
           tr.title = `${r.owner}'s run ${r.id}: ${formatCompact(r.tokens)} tokens, ${formatCompact(r.fuel)} fuel`;
           setText(tr.cells[2], formatAge(r.created, now));
-          this._cancelButton(tr.cells[3], !runEnded(r.state), 'jp-Potluck-adminCancel', `Cancel ${r.owner}'s run ${r.id}`,
+          this._cancelButton(tr.cells[3], !runEnded(r.state, this.state.runStates), 'jp-Potluck-adminCancel', `Cancel ${r.owner}'s run ${r.id}`,
             () => this.state.api.request(
               `admin/runs/${encodeURIComponent(r.owner)}/${encodeURIComponent(r.id)}`, 'DELETE'));
         }

@@ -7,7 +7,7 @@ import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { PotluckAPI } from './api';
-import { IEngineStatus, IMe, parseMe, parseStatus } from './model';
+import { DEFAULT_RUN_STATES, IEngineStatus, IMe, IRunStates, parseMe, parseStatus } from './model';
 
 /** The status bar refreshes this often (ms); the panel, while shown, every PANEL_INTERVAL. */
 export const SUMMARY_INTERVAL = 5000;
@@ -28,6 +28,11 @@ export class PotluckState {
   status: IEngineStatus | null = null;
   /** The one-line reason the engine cannot be used right now, or null. */
   error: string | null = null;
+
+  /** The engine's run states (the defaults until its status has been read). */
+  get runStates(): IRunStates {
+    return this.status ? this.status.runStates : DEFAULT_RUN_STATES;
+  }
 
   get changed(): ISignal<this, void> {
     return this._changed;

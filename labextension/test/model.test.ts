@@ -8,6 +8,7 @@ import { describe, it } from 'node:test';
 
 import {
   activeRunsByOwner,
+  DEFAULT_RUN_STATES,
   errorMessage,
   errorSummary,
   eventText,
@@ -311,6 +312,26 @@ describe('run output', () => {
     assert.equal(runEnded('cancelled'), true);
     assert.equal(runEnded('running'), false);
     assert.equal(runEnded('queued'), false);
+  });
+
+  it("takes the run states from the engine's status, and the defaults from an engine that sends none", () => {
+    // A newer engine with a state this frontend has never heard of.
+    const states = { live: ['queued', 'running', 'paused'], done: ['finished', 'failed', 'cancelled', 'expired'] };
+    const s = parseStatus({ ...STATUS, run_states: states });
+    assert.deepEqual(s.runStates, states);
+    assert.equal(runEnded('expired', s.runStates), true);
+    assert.equal(runEnded('paused', s.runStates), false);
+    assert.equal(runEnded('expired'), false);
+    const runs = [
+      { id: 'r1', owner: 'bob', state: 'expired' },
+      { id: 'r2', owner: 'bob', state: 'paused' }
+    ].map(r => ({ ...r, error: null, created: null, started: null, finished: null, tokens: 0, fuel: 0, kind: 'python' }));
+    assert.deepEqual(activeRunsByOwner(runs, s.runStates), { bob: 1 });
+
+    assert.deepEqual(parseStatus(STATUS).runStates, DEFAULT_RUN_STATES);
+    assert.deepEqual(parseStatus({ ...STATUS, run_states: { live: 'running', done: [] } }).runStates, DEFAULT_RUN_STATES);
+    assert.deepEqual(parseStatus({ ...STATUS, run_states: { live: ['queued'], done: ['finished', 3] } }).runStates,
+      DEFAULT_RUN_STATES);
   });
 });
 
