@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from fault_helpers import Storm, runs_idle, settle
-from potluck_process import EngineProcess
+from support.engine_process import EngineProcess
+from support.faults import Storm, runs_idle, settle
 
 pytestmark = pytest.mark.timeout(900)
 

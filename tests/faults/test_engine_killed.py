@@ -22,7 +22,7 @@ import websocket
 
 from potluck.kernel.client import Client as KernelClient
 from potluck.kernel.client import PotluckError
-from potluck_process import EngineProcess
+from support.engine_process import EngineProcess
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from potluck_process import EngineProcess, error_of, free_port
+from support.engine_process import EngineProcess, error_of, free_port
 
 pytestmark = pytest.mark.timeout(300)
 

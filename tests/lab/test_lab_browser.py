@@ -1,6 +1,6 @@
 """JupyterLab with the Potluck extension, in real headless Chromium, against a real engine.
 
-One ``potluck engine`` process on the default model (tests/service/potluck_process.py),
+One ``potluck engine`` process on the default model (tests/support/engine_process.py),
 two real ``jupyter lab`` servers in front of it: one as the tenant ``labuser``, one as
 an engine admin, each connected by POTLUCK_URL / POTLUCK_TOKEN as a standalone
 deployment is. ``lab_driver.mjs`` drives Debian's Chromium through playwright-core
@@ -36,10 +36,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from support.engine_process import free_port, serve
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-sys.path.insert(0, str(REPO / "tests" / "service"))
-from potluck_process import free_port, serve  # noqa: E402
 
 CHROMIUM = os.environ.get("POTLUCK_CHROMIUM", "/usr/bin/chromium")
 PLAYWRIGHT = REPO / ".npm-tools" / "node_modules" / "playwright-core"

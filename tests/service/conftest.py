@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from potluck_process import serve
+from support.engine_process import serve
 
 
 @pytest.fixture(scope="session")

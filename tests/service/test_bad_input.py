@@ -7,7 +7,7 @@ import socket
 import pytest
 import requests
 
-from potluck_process import MAX_BODY, Client, error_of
+from support.engine_process import MAX_BODY, Client, error_of
 
 CHAT = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 COMPLETION = {"model": "default", "prompt": "hi", "max_tokens": 2}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import requests
 
-from potluck_process import EngineProcess, error_of, free_port
+from support.engine_process import EngineProcess, error_of, free_port
 
 PREFIX = "/services/potluck/"
 

@@ -6,7 +6,7 @@ import re
 
 import requests
 
-from potluck_process import potluck
+from support.engine_process import potluck
 
 
 def sample(text: str, name: str, **labels) -> float:

@@ -15,7 +15,7 @@ import time
 import pytest
 import websocket
 
-from potluck_process import error_of
+from support.engine_process import error_of
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -6,7 +6,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from potluck_process import Client, error_of, potluck
+from support.engine_process import Client, error_of, potluck
 
 
 def test_two_tenants_generate_concurrently_and_each_sees_only_its_own_usage(engine_proc):

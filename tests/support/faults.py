@@ -1,7 +1,7 @@
 """What the fault tests and the soak share: reading an engine process's resources, and clients
 that open a stream, take the first chunk and drop the connection without a goodbye.
 
-Used by ``tests/faults/`` and ``benchmarks/soak.py``.
+Used by ``tests/faults/`` and ``benchmarks/soak.py``; it never starts or stops an engine itself.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""The real engine process for the service tests, and small helpers to talk to it.
+"""The real engine process (a ``potluck engine`` subprocess), and small helpers to talk to it.
 
-One ``potluck engine`` process on the real default model serves the whole
-session (starting one costs ~20 s of imports on a small CPU); tokens are made
-with the real ``potluck token create``. Tests use their own tenant names so
-they never depend on each other's usage, and may restart the process
-(same port, same data dir) to check what survives.
+The service tests share one process on the real default model for the whole session
+(starting one costs ~20 s of imports on a small CPU); the fault and lab tests and the
+benchmarks start their own. Tokens are made with the real ``potluck token create``. Tests use
+their own tenant names so they never depend on each other's usage, and may restart the process
+(same port, same data dir) to check what survives. It never imports the engine: what it knows of
+it is the command line and the HTTP API.
 """
 
 from __future__ import annotations
