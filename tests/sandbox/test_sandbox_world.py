@@ -6,8 +6,8 @@ import pytest
 from wasmtime.component import FuncType, ResultType
 
 from potluck.engine.sandbox import build
-from potluck.engine.sandbox.host import Sandbox, describe_trap
-from potluck.engine.sandbox.world import IMPORTS, PACKAGE, PLAIN, RESULT, TAGGED, VERSION
+from potluck.engine.sandbox.host_calls import IMPORTS, PACKAGE, PLAIN, RESULT, TAGGED, VERSION
+from potluck.engine.sandbox.wasm import Sandbox, describe_trap
 from potluck.engine.tenants import Quota
 
 

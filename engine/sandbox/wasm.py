@@ -1,8 +1,9 @@
-"""wasmtime for inferlets: the engine configuration, the cached runner, the linker, one Store per run.
+"""wasmtime for inferlets: the cached runner, the linker, the epoch ticker, one Store per run.
 
-The runner component is built and compiled once (``build.py``) and loaded
-here with ``Component.deserialize_file`` (milliseconds). Each run gets a
-fresh ``Store`` (a trap poisons its store) with:
+The runner component is built and compiled once (``build.py``, which also
+owns the wasmtime configuration) and loaded here with
+``Component.deserialize_file`` (milliseconds). Each run gets a fresh ``Store``
+(a trap poisons its store) with:
 
 - fuel (``fuel_per_run``): CPU. Fuel used is the run's usage.
 - an epoch deadline: a ticker thread bumps the engine's epoch every
@@ -14,9 +15,12 @@ fresh ``Store`` (a trap poisons its store) with:
 - WASI with nothing in it: no preopened directories, no environment, no
   arguments, no network; stdout and stderr go to the run's owner.
 
-One ``Linker`` serves every run: its host functions find the run through a
-thread-local (each run executes on its own thread), so instantiating costs
-no per-run wiring.
+One ``Linker`` serves every run: its host functions (``host_calls.VERBS``)
+find the run through a thread-local (each run executes on its own thread), so
+instantiating costs no per-run wiring.
+
+This module never decides what a host call does (``host_calls.py``) or when a
+run starts or ends (``manager.py``, ``run.py``); it never touches the engine.
 """
 
 from __future__ import annotations
@@ -26,24 +30,24 @@ import logging
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import wasmtime
-from wasmtime import Config, Engine as WasmEngine, Store, WasiConfig, WasmtimeError
+from wasmtime import Engine as WasmEngine, Store, WasiConfig, WasmtimeError
 from wasmtime import _ffi as ffi
-from wasmtime.component import Component, Linker
+from wasmtime.component import Component, FuncType, Linker, ResultType
 from wasmtime.component import _types as _component_types
 
-from . import world
-from .world import IMPORTS, PACKAGE, VERSION, RunImports
+from . import build
+from .host_calls import PACKAGE, RESULT, TAGGED, VERBS, VERSION, RunImports, Verb, call
+
+if TYPE_CHECKING:
+    from .run import Run
 
 log = logging.getLogger("potluck.sandbox")
 
 TICK = 0.05                 # seconds per epoch tick: how fast a cancel or a time limit bites
 RUNNER_EXPORT = f"{PACKAGE}/runner@{VERSION}"
-
-# Everything that changes compiled code is part of the cache key (build.py).
-WASM_CONFIG = {"consume_fuel": True, "epoch_interruption": True, "cranelift_opt_level": "speed",
-               "max_wasm_stack": 2 << 20}
 
 _current = threading.local()
 
@@ -76,18 +80,9 @@ class _PerThreadSet(threading.local):
 _component_types.case_test_cache = _PerThreadSet()
 
 
-def make_wasm_engine() -> WasmEngine:
-    cfg = Config()
-    cfg.consume_fuel = WASM_CONFIG["consume_fuel"]
-    cfg.epoch_interruption = WASM_CONFIG["epoch_interruption"]
-    cfg.cranelift_opt_level = WASM_CONFIG["cranelift_opt_level"]
-    cfg.max_wasm_stack = WASM_CONFIG["max_wasm_stack"]
-    return WasmEngine(cfg)
-
-
-def _host_func(method: str, shape: str):
+def _host_func(verb: Verb):
     def fn(_store, *args):
-        return world.call(getattr(_current, "imports", None), method, shape, args)
+        return call(getattr(_current, "imports", None), verb, args)
     return fn
 
 
@@ -95,11 +90,31 @@ def make_linker(engine: WasmEngine) -> Linker:
     linker = Linker(engine)
     linker.add_wasip2()
     with linker.root() as root:
-        for iface, funcs in IMPORTS.items():
+        for iface, funcs in VERBS.items():
             with root.add_instance(f"{PACKAGE}/{iface}@{VERSION}") as inst:
-                for name, (method, shape) in funcs.items():
-                    inst.add_func(name, _host_func(method, shape))
+                for name, verb in funcs.items():
+                    inst.add_func(name, _host_func(verb))
     return linker
+
+
+def check_lowering(component: Component, engine: WasmEngine) -> None:
+    """Each result-returning host call is lowered the way wasmtime-py expects (tagged or bare).
+
+    ``host_calls`` checks its table against the WIT text; whether a
+    ``result`` is tagged is wasmtime-py's decision, so it is checked here
+    against the compiled component's own types.
+    """
+    imports = component.type.imports(engine)
+    wrong = []
+    for iface, funcs in VERBS.items():
+        items = imports[f"{PACKAGE}/{iface}@{VERSION}"].ty.exports(engine).items()
+        types = {k: v.ty for k, v in items if isinstance(v.ty, FuncType)}
+        for name, verb in funcs.items():
+            result = types[name].result
+            if isinstance(result, ResultType) and verb.shape != (TAGGED if result._tagged() else RESULT):
+                wrong.append(f"{iface}.{name}")
+    if wrong:
+        raise RuntimeError(f"host calls declared with the wrong result shape for wasmtime-py: {', '.join(wrong)}")
 
 
 # ------------------------------------------------------------ epoch control
@@ -162,10 +177,10 @@ class Sandbox:
     """The wasmtime engine, the runner component and the linker: built once per process."""
 
     def __init__(self, runner_path: Path | str | None = None):
-        from . import build
-        self.engine = make_wasm_engine()
+        self.engine = build.make_wasm_engine()
         self.runner_path = Path(runner_path) if runner_path else build.ensure_runner(self.engine)
         self.runner = Component.deserialize_file(self.engine, str(self.runner_path))
+        check_lowering(self.runner, self.engine)
         self.linker = make_linker(self.engine)
         self.ticker = Ticker(self.engine)
 
@@ -173,7 +188,8 @@ class Sandbox:
         """A user's prebuilt component for the same world (compiled per submission: seconds)."""
         return Component(self.engine, wasm)
 
-    def execute(self, run, imports: RunImports, component: Component | None, source: str) -> tuple[str | None, int]:
+    def execute(self, run: "Run", imports: RunImports, component: Component | None,
+                source: str) -> tuple[str | None, int]:
         """Run one inferlet to its end on this thread. Returns (error line or None, fuel used)."""
         q = run.quota
         store = Store(self.engine)
@@ -235,4 +251,4 @@ def describe_trap(text: str, quota) -> str:
     return f"the inferlet crashed: {first[:300]}"
 
 
-__all__ = ["Sandbox", "make_wasm_engine", "make_linker", "describe_trap", "wasmtime"]
+__all__ = ["Sandbox", "make_linker", "check_lowering", "describe_trap", "wasmtime"]

@@ -1,9 +1,15 @@
-"""The host side of the ``potluck:inferlet`` world: what each import does for one run.
+"""The host side of the ``potluck:inferlet`` world: each import declared once, and what it does for one run.
 
 ``RunImports`` implements every import of ``wit/inferlet.wit`` for one run,
-through the engine's public API and the run's own tables, always as the run's
-owner. ``IMPORTS`` maps the WIT names to its methods; ``host.py`` wires them
-into the linker.
+through the engine port (``port.py``) and the run's own tables, always as the
+run's owner. Each import is one method marked ``@host_call("iface.name",
+shape)``; ``VERBS`` is built from those marks, and at import this module
+checks it against the ``.wit`` file: every function the world imports has
+exactly one host call and no host call names anything else, and a call is
+``PLAIN`` exactly where its WIT function returns no ``result``. Adding a host
+call is: the WIT line, then one decorated method here. (``wasm.py`` wires
+``VERBS`` into the linker and checks the ``RESULT``/``TAGGED`` split against
+the compiled component.)
 
 What this module must never do:
 
@@ -16,6 +22,7 @@ What this module must never do:
   context ids stay on this side, and every engine call names the run's tenant.
 - pass bulk float data: samples come back as one token, its log-probability
   and at most ``MAX_TOP_LOGPROBS`` pairs.
+- reach the engine other than through the run's ``EnginePort``.
 """
 
 from __future__ import annotations
@@ -23,20 +30,28 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import struct
 import time
 from concurrent.futures import Future, TimeoutError as FutureTimeout
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
 
 from wasmtime.component import Record, Variant
 
 from ..errors import PotluckError
+from ..protocol import CANCELLED
 from ..sampling import Sampler
 
 if TYPE_CHECKING:
-    from .runs import Run
+    from .port import EnginePort
+    from .run import Run
+    from .topics import Topics
 
 log = logging.getLogger("potluck.sandbox")
+
+WIT_FILE = Path(__file__).resolve().parent / "wit" / "inferlet.wit"
 
 MAX_HANDLES = 256            # live contexts one run may hold
 MAX_SAMPLERS = 4096          # distinct samplers one run may register
@@ -44,9 +59,43 @@ MAX_MESSAGE_BYTES = 64 * 1024
 MAX_KEY = 256
 RECEIVE_BATCH = 64
 
+# How an import's outcome is lowered. wasmtime-py lowers a WIT `result` as a
+# tagged Variant when its ok and err payloads could be confused (both
+# strings), and as the bare value otherwise. PLAIN functions have no result<>
+# at all: on failure they return their fallback.
+PLAIN, RESULT, TAGGED = "plain", "result", "tagged"
+
+# Imports whose waiting is the run's own choice: their time counts against max_run_seconds.
+RUN_TIME = {"receive", "sleep"}
+
 
 class Refused(Exception):
     """An import refused: the message goes back to the guest as the result's err."""
+
+
+@dataclass(frozen=True)
+class Verb:
+    """One host call: its WIT interface and function, the ``RunImports`` method, how its outcome is lowered."""
+
+    iface: str
+    name: str
+    method: str
+    shape: str
+    fallback: Callable[[], Any] | None = None      # what a PLAIN call returns when it fails
+
+
+def host_call(wit_name: str, shape: str = RESULT, *, fallback: Callable[[], Any] | None = None):
+    """Mark a ``RunImports`` method as the host side of the WIT function ``wit_name`` ("iface.function")."""
+    if shape not in (PLAIN, RESULT, TAGGED):
+        raise ValueError(f"unknown shape {shape!r}")
+    if (shape == PLAIN) != (fallback is not None):
+        raise ValueError(f"{wit_name}: a PLAIN host call needs a fallback, and only a PLAIN one")
+    iface, name = wit_name.split(".")
+
+    def mark(fn):
+        fn.host_call = (iface, name, shape, fallback)
+        return fn
+    return mark
 
 
 def _record(**fields) -> Record:
@@ -69,12 +118,17 @@ def _sampler(rec) -> Sampler:
                    top_logprobs=int(g("top-logprobs")))
 
 
+def _no_model_info() -> Record:
+    return _record(name="", vocab_size=0, max_context=0, eos_tokens=[])
+
+
 class RunImports:
     """The world's imports for one run. Every method runs on the run's own thread."""
 
-    def __init__(self, run: "Run"):
+    def __init__(self, run: "Run", port: "EnginePort", topics: "Topics"):
         self.run = run
-        self.engine = run.manager.engine
+        self.port = port
+        self.topics = topics
         self.tenant = run.tenant
         self.handles: dict[int, int] = {}     # guest handle -> engine context id
         self._next = 1
@@ -91,7 +145,7 @@ class RunImports:
 
     def _add(self, ctx_id: int) -> int:
         if len(self.handles) >= MAX_HANDLES:
-            self.engine.drop_context(self.tenant, ctx_id)
+            self.port.drop_context(self.tenant, ctx_id)
             raise Refused(f"this run holds {MAX_HANDLES} contexts, the limit; drop some first")
         h = self._next
         self._next += 1
@@ -107,7 +161,7 @@ class RunImports:
             except FutureTimeout:
                 if run.cancel_requested:
                     self.in_flight.append(fut)
-                    raise Refused(run.kill("cancelled", "cancelled by its owner")) from None
+                    raise Refused(run.kill(CANCELLED, "cancelled by its owner")) from None
 
     def cleanup(self) -> None:
         """Drop every context the run still holds (saved ones live on as snapshots)."""
@@ -118,7 +172,7 @@ class RunImports:
                 pass
         for ctx_id in list(self.handles.values()):
             try:
-                self.engine.drop_context(self.tenant, ctx_id)
+                self.port.drop_context(self.tenant, ctx_id)
             except PotluckError:
                 pass
             except Exception:
@@ -126,55 +180,69 @@ class RunImports:
         self.handles.clear()
 
     # --------------------------------------------------------------- model
+    @host_call("model.info", PLAIN, fallback=_no_model_info)
     def model_info(self):
-        e = self.engine
-        return _record(name=e.model_name, vocab_size=e.runner.vocab_size, max_context=e.max_context,
-                       eos_tokens=sorted(e.eos_ids))
+        info = self.port.model_info()
+        return _record(name=info["name"], vocab_size=info["vocab_size"], max_context=info["max_context"],
+                       eos_tokens=list(info["eos_tokens"]))
 
+    @host_call("model.encode", PLAIN, fallback=list)
     def encode(self, text: str) -> list[int]:
-        return self.engine.encode(text)
+        return self.port.encode(text)
 
+    @host_call("model.decode", PLAIN, fallback=str)
     def decode(self, tokens: list[int]) -> str:
-        return self.engine.tokenizer.decode(tokens, skip_special_tokens=True)
+        return self.port.decode(tokens)
 
+    @host_call("model.encode-chat")
     def encode_chat(self, messages_json: str) -> list[int]:
         try:
             messages = json.loads(messages_json)
         except ValueError:
             raise Refused("messages must be a JSON list of {role, content} objects") from None
-        return self.engine.encode_chat(messages)
+        return self.port.encode_chat(messages)
 
     # ------------------------------------------------------------- context
+    @host_call("context.create")
     def create(self) -> int:
-        return self._add(self.engine.create_context(self.tenant))
+        return self._add(self.port.create_context(self.tenant))
 
+    @host_call("context.open")
     def open(self, name: str) -> int:
-        return self._add(self.engine.open_context(self.tenant, name))
+        return self._add(self.port.open_context(self.tenant, name))
 
+    @host_call("context.fork")
     def fork(self, handle: int) -> int:
-        return self._add(self.engine.fork_context(self.tenant, self._ctx(handle)))
+        return self._add(self.port.fork_context(self.tenant, self._ctx(handle)))
 
+    @host_call("context.drop")
     def drop(self, handle: int) -> None:
-        self.engine.drop_context(self.tenant, self._ctx(handle))
+        self.port.drop_context(self.tenant, self._ctx(handle))
         del self.handles[handle]
 
+    @host_call("context.save")
     def save(self, handle: int, name: str) -> None:
-        self.engine.save_context(self.tenant, self._ctx(handle), name)
+        self.port.save_context(self.tenant, self._ctx(handle), name)
 
+    @host_call("context.delete-saved")
     def delete_saved(self, name: str) -> None:
-        self.engine.delete_saved(self.tenant, name)
+        self.port.delete_saved(self.tenant, name)
 
+    @host_call("context.list-saved")
     def list_saved(self) -> list[str]:
-        return [row["name"] for row in self.engine.list_saved(self.tenant)]
+        return [row["name"] for row in self.port.list_saved(self.tenant)]
 
+    @host_call("context.truncate")
     def truncate(self, handle: int, length: int) -> None:
-        self.engine.truncate_context(self.tenant, self._ctx(handle), length)
+        self.port.truncate_context(self.tenant, self._ctx(handle), length)
 
+    @host_call("context.tokens")
     def tokens(self, handle: int) -> list[int]:
-        return self.engine.context_tokens(self.tenant, self._ctx(handle))
+        return self.port.context_tokens(self.tenant, self._ctx(handle))
 
+    @host_call("context.register-sampler")
     def register_sampler(self, spec) -> int:
-        smp = _sampler(spec).validate(self.engine.runner.vocab_size)
+        smp = _sampler(spec).validate(self.port.vocab_size)
         key = (smp, tuple(sorted(smp.logit_bias.items())))
         n = self._sampler_ids.get(key)
         if n is None:
@@ -189,23 +257,26 @@ class RunImports:
             raise Refused(f"no sampler {n} in this run")
         return self.samplers[n - 1]
 
+    @host_call("context.fill")
     def fill(self, handle: int, tokens: list[int]) -> None:
-        fut = self.engine.forward(self.tenant, self._ctx(handle), tokens, None)
+        fut = self.port.forward(self.tenant, self._ctx(handle), tokens, None)
         self._wait_engine(fut)
         self.run.count_tokens(prefill=len(tokens), decode=0)
 
+    @host_call("context.forward")
     def forward(self, handle: int, tokens: list[int], sampler: int) -> Record:
-        fut = self.engine.forward(self.tenant, self._ctx(handle), tokens, self._smp(sampler))
+        fut = self.port.forward(self.tenant, self._ctx(handle), tokens, self._smp(sampler))
         s = self._wait_engine(fut)
         self.run.count_tokens(prefill=0 if len(tokens) == 1 else len(tokens), decode=1)
         return _sample(s)
 
+    @host_call("context.forward-all")
     def forward_all(self, calls: list) -> list[Record]:
         if len(calls) > MAX_HANDLES:
             raise Refused(f"forward-all takes at most {MAX_HANDLES} calls")
         batch = [(self._ctx(getattr(c, "ctx")), list(getattr(c, "tokens")), self._smp(getattr(c, "sampler")))
                  for c in calls]
-        futs = self.engine.forward_many(self.tenant, batch) if batch else []
+        futs = self.port.forward_many(self.tenant, batch) if batch else []
         out, error = [], None
         for i, (fut, (_, tokens, _)) in enumerate(zip(futs, batch)):
             try:
@@ -220,34 +291,39 @@ class RunImports:
         return out
 
     # ------------------------------------------------------------------ io
+    @host_call("io.args", PLAIN, fallback=lambda: "{}")
     def args(self) -> str:
         return self.run.args_json
 
+    @host_call("io.emit")
     def emit(self, text: str, stderr: bool) -> None:
         self.run.output(text, "stderr" if stderr else "stdout")
 
+    @host_call("io.send")
     def send(self, body: str) -> None:
         if len(body) > MAX_MESSAGE_BYTES:
             raise Refused(f"a message is at most {MAX_MESSAGE_BYTES} bytes of JSON")
         self.run.message_out(body)
 
+    @host_call("io.receive")
     def receive(self, timeout_ms: int) -> list:
         return [_record(topic=topic, body=body) for topic, body in self.run.receive(timeout_ms / 1000.0, RECEIVE_BATCH)]
 
+    @host_call("io.publish")
     def publish(self, topic: str, body: str) -> None:
         if len(body) > MAX_MESSAGE_BYTES:
             raise Refused(f"a message is at most {MAX_MESSAGE_BYTES} bytes of JSON")
-        self.run.manager.topics.publish(self.run, topic, body)
+        self.topics.publish(self.run, topic, body)
 
+    @host_call("io.subscribe")
     def subscribe(self, topic: str) -> None:
-        self.run.manager.topics.subscribe(self.run, topic)
+        self.topics.subscribe(self.run, topic)
 
     # ------------------------------------------------------------------ kv
-    def _store(self):
-        store = self.run.manager.store
-        if store is None:
+    def _kv(self) -> "EnginePort":
+        if not self.port.has_kv_store:
             raise Refused("this engine has no key-value store configured")
-        return store
+        return self.port
 
     @staticmethod
     def _key(key: str) -> str:
@@ -255,65 +331,41 @@ class RunImports:
             raise Refused(f"a key is 1 to {MAX_KEY} characters")
         return key
 
+    @host_call("kv.get", TAGGED)
     def kv_get(self, key: str):
-        value = self._store().kv_get(self.tenant, self._key(key))
+        value = self._kv().kv_get(self.tenant, self._key(key))
         return None if value is None else value.decode("utf-8", errors="replace")
 
+    @host_call("kv.put")
     def kv_put(self, key: str, value: str) -> None:
         try:
-            self._store().kv_put(self.tenant, self._key(key), value.encode("utf-8"))
+            self._kv().kv_put(self.tenant, self._key(key), value.encode("utf-8"))
         except ValueError as e:
             raise Refused(str(e)) from None
 
+    @host_call("kv.delete")
     def kv_delete(self, key: str) -> bool:
-        return self._store().kv_delete(self.tenant, self._key(key))
+        return self._kv().kv_delete(self.tenant, self._key(key))
 
+    @host_call("kv.keys")
     def kv_keys(self, prefix: str) -> list[str]:
-        return self._store().kv_keys(self.tenant, prefix)
+        return self._kv().kv_keys(self.tenant, prefix)
 
     # ------------------------------------------------------------- runtime
+    @host_call("runtime.clock", PLAIN, fallback=float)
     def clock(self) -> float:
         return time.monotonic() - self.run.started_monotonic
 
+    @host_call("runtime.random", PLAIN, fallback=int)
     def random(self) -> int:
         return struct.unpack("<Q", os.urandom(8))[0]
 
+    @host_call("runtime.sleep")
     def sleep(self, seconds: float) -> None:
         self.run.sleep(seconds)
 
 
-# WIT interface -> {function: (RunImports method, result shape)}. The shape
-# says how an error travels back: wasmtime-py lowers a `result` as a tagged
-# Variant when its ok and err payloads could be confused (both strings), and
-# as the bare value otherwise. "plain" functions have no result<> at all.
-PLAIN, RESULT, TAGGED = "plain", "result", "tagged"
-PACKAGE = "potluck:inferlet"
-VERSION = "0.1.0"
-IMPORTS: dict[str, dict[str, tuple[str, str]]] = {
-    "model": {"info": ("model_info", PLAIN), "encode": ("encode", PLAIN), "decode": ("decode", PLAIN),
-              "encode-chat": ("encode_chat", RESULT)},
-    "context": {"create": ("create", RESULT), "open": ("open", RESULT), "fork": ("fork", RESULT),
-                "drop": ("drop", RESULT), "save": ("save", RESULT), "delete-saved": ("delete_saved", RESULT),
-                "list-saved": ("list_saved", RESULT), "truncate": ("truncate", RESULT),
-                "tokens": ("tokens", RESULT), "fill": ("fill", RESULT), "register-sampler": ("register_sampler", RESULT),
-                "forward": ("forward", RESULT),
-                "forward-all": ("forward_all", RESULT)},
-    "io": {"args": ("args", PLAIN), "emit": ("emit", RESULT), "send": ("send", RESULT),
-           "receive": ("receive", RESULT), "publish": ("publish", RESULT), "subscribe": ("subscribe", RESULT)},
-    "kv": {"get": ("kv_get", TAGGED), "put": ("kv_put", RESULT), "delete": ("kv_delete", RESULT),
-           "keys": ("kv_keys", RESULT)},
-    "runtime": {"clock": ("clock", PLAIN), "random": ("random", PLAIN), "sleep": ("sleep", RESULT)},
-}
-
-# What a PLAIN import returns if it fails anyway (it must return something of its type).
-_PLAIN_FALLBACK: dict[str, Any] = {"encode": [], "decode": "", "args": "{}", "clock": 0.0, "random": 0}
-
-
-# Imports whose waiting is the run's own choice: their time counts against max_run_seconds.
-RUN_TIME = {"receive", "sleep"}
-
-
-def call(imports: RunImports | None, method: str, shape: str, args: tuple) -> Any:
+def call(imports: RunImports | None, verb: Verb, args: tuple) -> Any:
     """Run one import and lower its outcome; never raises.
 
     Time spent in any other import is the engine's (the scheduler serving
@@ -322,11 +374,12 @@ def call(imports: RunImports | None, method: str, shape: str, args: tuple) -> An
     waiting its turn.
     """
     t0 = time.monotonic()
+    method = verb.method
     try:
         if imports is None:
             raise Refused("no run is active on this thread")
         value = getattr(imports, method)(*args)
-        return Variant("ok", value) if shape == TAGGED else value
+        return Variant("ok", value) if verb.shape == TAGGED else value
     except (Refused, PotluckError) as e:
         msg = str(e) or type(e).__name__
     except Exception as e:    # a bug on our side: say so, keep the engine alive
@@ -335,8 +388,74 @@ def call(imports: RunImports | None, method: str, shape: str, args: tuple) -> An
     finally:
         if imports is not None and method not in RUN_TIME:
             imports.run.extend_deadline(time.monotonic() - t0)
-    if shape == PLAIN:
-        if method == "model_info":
-            return _record(name="", vocab_size=0, max_context=0, eos_tokens=[])
-        return _PLAIN_FALLBACK.get(method)
-    return Variant("err", msg) if shape == TAGGED else msg
+    if verb.shape == PLAIN:
+        return verb.fallback()
+    return Variant("err", msg) if verb.shape == TAGGED else msg
+
+
+# ------------------------------------------------------- the table and the WIT
+def read_wit(text: str) -> tuple[str, str, dict[str, dict[str, bool]]]:
+    """(package, version, {imported interface: {function: returns a result<>}}) of a WIT world file.
+
+    Enough WIT for this one file: comments, one package line, interfaces of
+    records and ``name: func(...) -> type;`` lines, one world of ``import``s.
+    """
+    text = re.sub(r"//[^\n]*", "", text)
+    pkg = re.search(r"\bpackage\s+([\w:-]+)@([\w.]+)\s*;", text)
+    if pkg is None:
+        raise ValueError("no package line")
+    bodies: dict[str, str] = {}
+    worlds: list[str] = []
+    for m in re.finditer(r"\b(interface|world)\s+([\w-]+)\s*\{", text):
+        depth, i = 1, m.end()
+        while depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        body = text[m.end():i - 1]
+        if m.group(1) == "interface":
+            bodies[m.group(2)] = body
+        else:
+            worlds.append(body)
+    if len(worlds) != 1:
+        raise ValueError(f"expected one world, found {len(worlds)}")
+    imported = re.findall(r"\bimport\s+([\w-]+)\s*;", worlds[0])
+    funcs = {}
+    for iface in imported:
+        found = re.findall(r"([\w-]+)\s*:\s*func\s*\([^)]*\)\s*(?:->\s*([^;]+))?;", bodies[iface])
+        funcs[iface] = {name: ret.strip().startswith("result<") for name, ret in found}
+    return pkg.group(1), pkg.group(2), funcs
+
+
+def _collect() -> dict[str, dict[str, Verb]]:
+    table: dict[str, dict[str, Verb]] = {}
+    for method, fn in vars(RunImports).items():
+        mark = getattr(fn, "host_call", None)
+        if mark is None:
+            continue
+        iface, name, shape, fallback = mark
+        if name in table.get(iface, {}):
+            raise RuntimeError(f"two host calls for {iface}.{name}")
+        table.setdefault(iface, {})[name] = Verb(iface, name, method, shape, fallback)
+    return table
+
+
+def _check(table: dict[str, dict[str, Verb]], wit: dict[str, dict[str, bool]]) -> None:
+    """The declared host calls and the WIT world's imports agree exactly, or the sandbox does not load."""
+    declared = {(i, n) for i, fs in table.items() for n in fs}
+    wanted = {(i, n) for i, fs in wit.items() for n in fs}
+    problems = [f"{i}.{n}: in the WIT, no host call" for i, n in sorted(wanted - declared)]
+    problems += [f"{i}.{n}: a host call the WIT does not import" for i, n in sorted(declared - wanted)]
+    for i, n in sorted(declared & wanted):
+        if (table[i][n].shape != PLAIN) != wit[i][n]:
+            problems.append(f"{i}.{n}: PLAIN in one and a result<> in the other")
+    if problems:
+        raise RuntimeError(f"host calls and {WIT_FILE.name} disagree: " + "; ".join(problems))
+
+
+PACKAGE, VERSION, _WIT_IMPORTS = read_wit(WIT_FILE.read_text())
+VERBS: dict[str, dict[str, Verb]] = _collect()
+_check(VERBS, _WIT_IMPORTS)
+
+# The same table as {interface: {function: (method, shape)}}, for reading and tests.
+IMPORTS: dict[str, dict[str, tuple[str, str]]] = {
+    iface: {name: (v.method, v.shape) for name, v in funcs.items()} for iface, funcs in VERBS.items()}

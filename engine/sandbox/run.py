@@ -1,0 +1,361 @@
+"""Run: one inferlet run, its state, its events, its inbox, and the thread it executes on.
+
+A run's life: ``queued`` (waiting for a thread slot) -> ``running`` ->
+``finished`` | ``failed`` (with a one-line ``error``) | ``cancelled``
+(the states are ``engine/protocol.py``'s). Events, each
+``{"seq", "time", "type", ...}``:
+
+- ``status``: ``state`` (and ``error`` when it failed),
+- ``output``: ``stream`` ("stdout"/"stderr") and ``text``: what the run printed,
+- ``message``: ``body``, a JSON value the run sent to its owner,
+- ``usage``: ``prefill_tokens``, ``decode_tokens``, ``forwards``, ``fuel``, ``output_bytes``.
+
+A run talks to its manager only through ``RunSite`` (below): the engine port
+and topics its host calls use, its run history, and three moments of its life
+(taken off the queue, fuel used, ended). It never touches the engine or
+another run's state.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import logging
+import threading
+import time
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Callable, Protocol
+
+from ..errors import BadRequest, QuotaExceeded, RequestTooLarge
+from ..protocol import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING
+from .host_calls import MAX_MESSAGE_BYTES, Refused, RunImports
+
+if TYPE_CHECKING:
+    from .port import EnginePort
+    from .topics import Topics
+    from .wasm import Sandbox
+
+log = logging.getLogger("potluck.sandbox")
+
+MAX_INBOX = 1024
+
+
+def _iso(t: float | None) -> str | None:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat() if t else None
+
+
+class RunSite(Protocol):
+    """What a run asks of its manager (``RunManager`` is one)."""
+
+    port: "EnginePort"
+    topics: "Topics"
+    sandbox: "Sandbox"
+    max_output_bytes: int
+
+    def save_record(self, record: dict) -> None:
+        """Write a run's JSON to the run history (if there is one); may raise."""
+
+    def unqueue(self, run: "Run") -> bool:
+        """Take a run that never started off the queue; False if it was not queued."""
+
+    def charge(self, run: "Run", fuel: int) -> None:
+        """The run used ``fuel``: count it on its owner."""
+
+    def ended(self, run: "Run") -> None:
+        """The run has ended: free its slot and leave its topics."""
+
+
+class Run:
+    """One inferlet run. Read its state with ``to_json``; follow it with ``subscribe``."""
+
+    def __init__(self, manager: RunSite, run_id: str, tenant: str, quota, source: str,
+                 component: bytes | None, args_json: str):
+        self.manager = manager
+        self.id = run_id
+        self.tenant = tenant
+        self.quota = quota
+        self.source = source
+        self.component = component
+        self.args_json = args_json
+        self.state = QUEUED
+        self.error: str | None = None
+        self.created = time.time()
+        self.started: float | None = None
+        self.finished: float | None = None
+        self.usage = {"prefill_tokens": 0, "decode_tokens": 0, "forwards": 0, "fuel": 0, "output_bytes": 0}
+        self.events: list[dict] = []
+        self.cancel_requested = False
+        self.killed_reason: str | None = None
+        self.started_monotonic = time.monotonic()
+        self.deadline = float("inf")
+        self._kill_state = FAILED
+        self._lock = threading.RLock()
+        self._inbox: collections.deque[tuple[str, str]] = collections.deque()
+        self._wake = threading.Condition(self._lock)
+        self._subs: list[Callable[[dict], None]] = []
+        self._done = threading.Event()
+        self._seq = itertools.count()
+        self._persist_lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------- public API
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the run has ended; False on timeout."""
+        return self._done.wait(timeout)
+
+    def to_json(self) -> dict:
+        with self._lock:
+            return {"id": self.id, "owner": self.tenant, "state": self.state, "error": self.error,
+                    "created": _iso(self.created), "started": _iso(self.started), "finished": _iso(self.finished),
+                    "usage": dict(self.usage), "events": len(self.events),
+                    "kind": "component" if self.component is not None else "python"}
+
+    def subscribe(self, fn: Callable[[dict], None], since: int = 0) -> Callable[[], None]:
+        """Call ``fn(event)`` for every event with ``seq >= since`` (past ones at once), then live ones.
+
+        ``fn`` runs on whichever thread produced the event, with the run's lock
+        held: it must not block (hand the event to a queue or an event loop).
+        Returns a function that unsubscribes.
+        """
+        with self._lock:
+            for ev in self.events[since:]:
+                self._deliver_event(fn, ev)
+            self._subs.append(fn)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if fn in self._subs:
+                    self._subs.remove(fn)
+        return unsubscribe
+
+    def events_since(self, seq: int = 0) -> list[dict]:
+        with self._lock:
+            return list(self.events[seq:])
+
+    def send(self, message) -> None:
+        """Deliver a JSON-serialisable message to the run (its ``receive()``)."""
+        body = json.dumps(message)
+        if len(body) > MAX_MESSAGE_BYTES:
+            raise RequestTooLarge("message_bytes", MAX_MESSAGE_BYTES,
+                                  f"a message to a run is at most {MAX_MESSAGE_BYTES} bytes of JSON")
+        with self._lock:
+            if self.done:
+                raise BadRequest(f"run {self.id} has ended ({self.state}); it takes no more messages",
+                                 code="run_ended")
+            if len(self._inbox) >= MAX_INBOX:
+                raise QuotaExceeded("run_inbox", MAX_INBOX,
+                                    f"run {self.id} has {MAX_INBOX} unread messages; wait for it to read them")
+            self._inbox.append(("", body))
+            self._wake.notify_all()
+
+    def cancel(self) -> None:
+        """Stop the run: at its next host call, or within one epoch tick of running code."""
+        with self._lock:
+            if self.done:
+                return
+            self.cancel_requested = True
+            self._wake.notify_all()
+        if self.manager.unqueue(self):
+            self.kill(CANCELLED, "cancelled by its owner")
+            self._end(None, 0)
+
+    def persist(self) -> None:
+        """Write the run's current state to the run history (never raises).
+
+        The snapshot is taken under ``_persist_lock``, so concurrent writers (the
+        starting thread, the run's thread) land in order: the last write is the newest state.
+        """
+        with self._persist_lock:
+            try:
+                self.manager.save_record(self.to_json())
+            except Exception:
+                log.exception("run %s: could not write its state to the run history", self.id)
+
+    # --------------------------------------------- called from the run thread
+    def _event(self, type_: str, **data) -> dict:
+        with self._lock:
+            ev = {"seq": next(self._seq), "time": time.time(), "type": type_, **data}
+            self.events.append(ev)
+            for fn in list(self._subs):
+                self._deliver_event(fn, ev)
+            return ev
+
+    @staticmethod
+    def _deliver_event(fn, ev) -> None:
+        try:
+            fn(ev)
+        except Exception:       # a broken subscriber must not break the run
+            log.exception("run event subscriber failed")
+
+    def kill(self, state: str, reason: str) -> str:
+        """End the run with ``reason``: the next epoch tick traps. The first reason wins."""
+        with self._lock:
+            if self.killed_reason is None:
+                self.killed_reason = reason
+                self._kill_state = state
+            self._wake.notify_all()
+            return self.killed_reason
+
+    def check_alive(self) -> str | None:
+        """The epoch callback's question, each tick: a reason to stop now, or None."""
+        if self.killed_reason is not None:
+            return self.killed_reason
+        if self.cancel_requested:
+            return self.kill(CANCELLED, "cancelled by its owner")
+        if time.monotonic() > self.deadline:
+            return self.kill(FAILED, self._time_limit_message())
+        return None
+
+    def _time_limit_message(self) -> str:
+        return (f"the run hit its time limit (max_run_seconds = {self.quota.max_run_seconds}); "
+                "time spent waiting for the model does not count")
+
+    def extend_deadline(self, seconds: float) -> None:
+        self.deadline += seconds
+
+    def count_tokens(self, prefill: int, decode: int) -> None:
+        u = self.usage
+        u["prefill_tokens"] += prefill
+        u["decode_tokens"] += decode
+        u["forwards"] += 1
+        if u["forwards"] % 64 == 0:
+            self._event("usage", **u)
+
+    def output(self, text: str, stream: str) -> None:
+        if not text:
+            return
+        n = len(text.encode("utf-8", errors="replace"))
+        limit = self.manager.max_output_bytes
+        if self.usage["output_bytes"] + n > limit:
+            room = max(0, limit - self.usage["output_bytes"])
+            if room:
+                self._event("output", stream=stream, text=text.encode()[:room].decode("utf-8", errors="ignore"))
+                self.usage["output_bytes"] = limit
+            raise Refused(self.kill(FAILED, f"the run printed more than its output limit of {limit} bytes"))
+        self.usage["output_bytes"] += n
+        self._event("output", stream=stream, text=text)
+
+    def message_out(self, body: str) -> None:
+        n = len(body)
+        limit = self.manager.max_output_bytes
+        if self.usage["output_bytes"] + n > limit:
+            raise Refused(self.kill(FAILED, f"the run sent more than its output limit of {limit} bytes"))
+        self.usage["output_bytes"] += n
+        self._event("message", body=json.loads(body))
+
+    def wasi_stdout(self, data: bytes) -> None:
+        self._wasi(data, "stdout")
+
+    def wasi_stderr(self, data: bytes) -> None:
+        self._wasi(data, "stderr")
+
+    def _wasi(self, data: bytes, stream: str) -> None:
+        # Called by wasmtime's WASI stream: never raise.
+        try:
+            self.output(data.decode("utf-8", errors="replace"), stream)
+        except Exception:
+            pass
+
+    def _wait_for(self, ready: Callable[[], bool], seconds: float) -> bool:
+        """Wait (lock held) until ``ready()``, the run is stopped, or ``seconds`` pass; counts as run time."""
+        end = time.monotonic() + max(0.0, seconds)
+        while not ready():
+            if self.cancel_requested or self.killed_reason is not None:
+                raise Refused(self.killed_reason or self.kill(CANCELLED, "cancelled by its owner"))
+            now = time.monotonic()
+            if now >= self.deadline:
+                raise Refused(self.kill(FAILED, self._time_limit_message()))
+            if now >= end:
+                return False
+            self._wake.wait(min(end, self.deadline) - now)
+        return True
+
+    def receive(self, timeout: float, limit: int) -> list[tuple[str, str]]:
+        with self._lock:
+            if not self._wait_for(lambda: bool(self._inbox), timeout):
+                return []
+            return [self._inbox.popleft() for _ in range(min(limit, len(self._inbox)))]
+
+    def sleep(self, seconds: float) -> None:
+        if not seconds >= 0:
+            raise Refused("sleep needs a non-negative number of seconds")
+        with self._lock:
+            self._wait_for(lambda: False, seconds)
+
+    def deliver(self, topic: str, body: str) -> bool:
+        """A message published on one of the owner's topics, into the inbox; False if it did not fit."""
+        with self._lock:
+            if self.done or len(self._inbox) >= MAX_INBOX:
+                return False
+            self._inbox.append((topic, body))
+            self._wake.notify_all()
+            return True
+
+    # ---------------------------------------------------------- the thread
+    def main(self) -> None:
+        """The run's thread: execute the inferlet, then end the run whatever happened."""
+        sandbox = self.manager.sandbox
+        imports = RunImports(self, self.manager.port, self.manager.topics)
+        error: str | None = None
+        fuel = 0
+        try:
+            with self._lock:
+                self.state = RUNNING
+                self.started = time.time()
+                self.started_monotonic = time.monotonic()
+                if self.quota.max_run_seconds is not None:
+                    self.deadline = self.started_monotonic + self.quota.max_run_seconds
+            self.persist()
+            self._event("status", state=RUNNING)
+            component = None
+            if self.component is not None:
+                try:
+                    component = sandbox.compile_user_component(self.component)
+                except Exception as e:
+                    error = f"the component could not be compiled: {' '.join(str(e).split())[:300]}"
+            if error is None and not self.cancel_requested:
+                error, fuel = sandbox.execute(self, imports, component, self.source)
+            elif self.cancel_requested:
+                # Cancelled before its code ran: that is a cancelled run, not a finished one.
+                self.kill(CANCELLED, "cancelled by its owner")
+        except Exception as e:
+            log.exception("run %s failed on the host side", self.id)
+            error = f"internal error: {type(e).__name__}"
+        finally:
+            try:
+                imports.cleanup()
+            finally:
+                self._end(error, fuel)
+
+    def _end(self, error: str | None, fuel: int) -> None:
+        with self._lock:
+            if self.killed_reason is not None:
+                state = self._kill_state
+                error = None if state == CANCELLED else self.killed_reason
+            elif self.cancel_requested and error is not None:
+                state, error = CANCELLED, None      # the error was the cancel reaching a host call
+            else:
+                state = FAILED if error is not None else FINISHED
+            self.usage["fuel"] = fuel
+        self.manager.charge(self, fuel)
+        self._event("usage", **self.usage)
+        with self._lock:
+            self.state = state
+            self.error = error
+            self.finished = time.time()
+            self.source = ""
+            self._inbox.clear()
+        self.persist()     # before the final event: whoever saw the run end finds it so after a restart
+        with self._lock:
+            self.component = None
+            ev = {"state": state}
+            if error is not None:
+                ev["error"] = error
+            self._event("status", **ev)
+            self._done.set()
+        self.manager.ended(self)
