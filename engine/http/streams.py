@@ -2,7 +2,9 @@
 
 Shared by the native ``/api/generate`` and the OpenAI-compatible endpoints, so
 there is one way to turn request parameters into a ``Sampler``, start a
-generation as the caller's tenant, follow it and cancel it.
+generation as the caller's tenant, follow it and cancel it. The rules of a
+generation (defaults, quotas, stop strings) are the engine's; this module only
+carries its events to the client.
 
 Events arrive on the engine's batch-loop thread (``Generation`` listeners):
 the listener here only hands each one to the IOLoop with ``add_callback``
@@ -17,15 +19,17 @@ import json
 import math
 import re
 from collections import deque
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
 
-from ..engine import GenEvent, Generation, GenerationResult
 from ..errors import BadRequest, NotFound
 from ..sampling import Sampler
 from .base import APIHandler
+
+if TYPE_CHECKING:
+    from ..engine import GenEvent, Generation, GenerationResult
 
 _TOKEN_ID = re.compile(r"-?\d{1,10}")
 
@@ -112,20 +116,18 @@ class GenerationHandler(APIHandler):
     client_gone = False
 
     async def start_generation(self, default_max_tokens: int, **kwargs) -> tuple[Generation, GenerationEvents]:
-        """Start ``engine.generate(**kwargs)`` as the caller's tenant.
+        """Start ``engine.generate(**kwargs)`` as the caller's tenant, its events bound for the IOLoop.
 
-        Without ``max_tokens`` the default is capped by the tenant's
+        Without ``max_tokens`` the engine uses ``default_max_tokens`` capped by the tenant's
         ``max_tokens_per_request``, so leaving it out never hits that quota.
         """
         events = GenerationEvents()
         ident, engine = self.identity, self.engine
 
         def start() -> Generation:
+            # One trip off the IOLoop: resolving the tenant and starting wait on the batch loop alike.
             t = engine.tenant(ident.tenant, ident.groups, ident.is_admin)
-            if kwargs.get("max_tokens") is None:
-                cap = t.quota.max_tokens_per_request
-                kwargs["max_tokens"] = min(default_max_tokens, cap) if cap else default_max_tokens
-            return engine.generate(t, listener=events.push, **kwargs)
+            return engine.generate(t, listener=events.push, default_max_tokens=default_max_tokens, **kwargs)
 
         self.generation = await self.blocking(start)
         if self.client_gone:

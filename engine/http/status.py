@@ -17,6 +17,8 @@ from .base import APIHandler
 
 
 class StatusHandler(APIHandler):
+    """``GET api/status``: the readiness probe."""
+
     public = True
 
     async def get(self) -> None:
@@ -30,7 +32,7 @@ class StatusHandler(APIHandler):
         if "Authorization" not in self.request.headers and "token" not in self.request.arguments:
             return False
         try:
-            return (await self.service.authenticator.authenticate(self.request)).is_admin
+            return (await self.authenticate()).is_admin
         except PotluckError:
             return False        # a bad credential on a public probe is just "not an admin"
 
@@ -46,3 +48,9 @@ class SpecHandler(APIHandler):
             SpecHandler._spec = resources.files("potluck.engine").joinpath("openapi.yaml").read_bytes()
         self.set_header("Content-Type", "application/yaml; charset=utf-8")
         self.finish(SpecHandler._spec)
+
+
+default_handlers = [
+    (r"api/status", StatusHandler),
+    (r"api/spec.yaml", SpecHandler),
+]

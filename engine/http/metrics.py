@@ -2,6 +2,7 @@
 
 Metrics carry tenant names and usage, so by default only admins may scrape
 (``PotluckEngine.authenticate_prometheus``, as JupyterHub's own /metrics).
+The collector itself is ``engine/metrics.py``; this module only serves it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from .base import APIHandler
 
 
 class MetricsHandler(APIHandler):
+    """``GET metrics``."""
+
     @property
     def public(self) -> bool:
         return not self.service.authenticate_prometheus
@@ -24,3 +27,8 @@ class MetricsHandler(APIHandler):
         body = await self.blocking(generate_latest, self.service.metrics.registry)
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(body)
+
+
+default_handlers = [
+    (r"metrics", MetricsHandler),
+]

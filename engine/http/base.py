@@ -1,19 +1,25 @@
-"""What every API handler shares: who is calling, the body, errors as JSON.
+"""What every handler shares: who is calling, the body, errors as JSON.
 
-A request is admitted in ``prepare``: its credential resolves to an
-``Identity`` (or 401, or 403 on admin handlers) unless the handler is marked
-``public``. A refusal is answered only once the body has been read: answering
-while the client is still sending makes the server close a socket with unread
-data, which resets the connection under the client before it reads the answer.
-So ``prepare`` records the refusal and every handler method (wrapped in
-``__init_subclass__``, so none can forget) raises it before running. The body
-is streamed in and capped at ``max_body_size``: past the cap it is read and
-thrown away, then refused with 413.
+``ServiceHandler`` is the base of every handler, the runs WebSocket included:
+the service, authentication, work off the IOLoop, and errors. Every error
+leaves as ``{"error": {"code", "message", ...}}`` with its status, from
+``PotluckError`` as the engine raised it; nothing else invents a second error
+format.
 
-Every error leaves as ``{"error": {"code", "message", ...}}`` with its status,
-from ``PotluckError`` as the engine raised it; nothing here invents a second
-error format. Handlers never block the IOLoop: engine calls that wait on the
-batch loop go through ``blocking``.
+``APIHandler`` adds admission and the body. A request is admitted in
+``prepare``: its credential resolves to an ``Identity`` (or 401, or 403 on
+admin handlers) unless the handler is marked ``public``. A refusal is answered
+only once the body has been read: answering while the client is still sending
+makes the server close a socket with unread data, which resets the connection
+under the client before it reads the answer. So ``prepare`` records the
+refusal and every handler method (wrapped in ``__init_subclass__``, so none
+can forget) raises it before running. The body is streamed in and capped at
+``max_body_size``: past the cap it is read and thrown away, then refused with
+413.
+
+Handlers never block the IOLoop: engine calls that wait on the batch loop go
+through ``blocking``. This module imports nothing that imports it back (the
+``Service`` type only for type checking).
 """
 
 from __future__ import annotations
@@ -32,7 +38,10 @@ from ..auth import Identity
 from ..errors import BadRequest, Forbidden, NotFound, PotluckError
 
 if TYPE_CHECKING:
-    from ..server import Service
+    from ..engine import Engine
+    from ..service import Service
+
+JSON_TYPE = "application/json; charset=utf-8"
 
 # A "\udXXX" escape in the raw text: only then is the parsed body walked for lone surrogates.
 _SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -129,9 +138,70 @@ def _admitted(method):
     return run
 
 
+class ServiceHandler(web.RequestHandler):
+    """Base of every handler, HTTP or WebSocket: the service, the caller, errors as JSON."""
+
+    @property
+    def service(self) -> "Service":
+        return self.settings["service"]
+
+    @property
+    def engine(self) -> "Engine":
+        return self.service.engine
+
+    async def authenticate(self) -> Identity:
+        """The caller's identity from the request's credential, or ``Unauthorized``."""
+        return await self.service.authenticator.authenticate(self.request)
+
+    async def blocking(self, fn, *args):
+        """Run a call that may wait on the engine's batch loop, off the IOLoop."""
+        return await asyncio.get_running_loop().run_in_executor(self.service.executor, fn, *args)
+
+    def write_error(self, status_code: int, **kwargs) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, PotluckError):
+            self.answer_error(exc)
+            return
+        if isinstance(exc, web.HTTPError) and status_code < 500:
+            status = status_code
+            reason = exc.log_message or HTTPStatus(status_code).phrase
+            code = {404: "not_found", 405: "method_not_allowed"}.get(status_code, "bad_request")
+            if status_code == 405:
+                self.set_header("Allow", ", ".join(self.allowed_methods()))
+                reason = f"{self.request.method} is not allowed here; allowed: {', '.join(self.allowed_methods())}"
+            body = {"error": {"code": code, "message": reason}}
+        else:
+            status = 500 if status_code < 400 else status_code
+            body = {"error": {"code": "internal_error",
+                              "message": "internal error in the engine service; the log has the details"}}
+        self._finish_json_error(status, body)
+
+    def answer_error(self, err: PotluckError) -> None:
+        """Answer with ``err``: its status and JSON body (and the Bearer challenge on 401)."""
+        if err.status == 401:
+            self.set_header("WWW-Authenticate", 'Bearer realm="potluck"')
+        self._finish_json_error(err.status, err.to_json())
+
+    def _finish_json_error(self, status: int, body: dict) -> None:
+        self.clear_header("Content-Encoding")
+        self.set_header("Content-Type", JSON_TYPE)
+        self.set_status(status)
+        self.finish(json.dumps(body))
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, PotluckError) and value.status < 500:
+            return          # a user's mistake, answered; not a server problem
+        super().log_exception(typ, value, tb)
+
+    def allowed_methods(self) -> list[str]:
+        base = web.RequestHandler
+        return [m for m in ("GET", "POST", "PUT", "DELETE")
+                if getattr(type(self), m.lower()) is not getattr(base, m.lower())]
+
+
 @web.stream_request_body
-class APIHandler(web.RequestHandler):
-    """Base of every handler: admission in ``prepare``, JSON in and out."""
+class APIHandler(ServiceHandler):
+    """Base of every HTTP handler: admission in ``prepare``, JSON in and out."""
 
     public = False          # True: no credential needed (status, spec)
     admin_only = False      # True: 403 unless the identity is an admin
@@ -146,20 +216,12 @@ class APIHandler(web.RequestHandler):
             if fn is not None and not getattr(fn, "admitted", False):
                 setattr(cls, name, _admitted(fn))
 
-    @property
-    def service(self) -> "Service":
-        return self.settings["service"]
-
-    @property
-    def engine(self):
-        return self.service.engine
-
     def check_xsrf_cookie(self) -> None:
         # Token-authenticated API: no cookies, so no cross-site request forgery to check.
         pass
 
     def set_default_headers(self) -> None:
-        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Content-Type", JSON_TYPE)
         self.set_header("Cache-Control", "no-store")
 
     # ------------------------------------------------------------ admission
@@ -182,7 +244,7 @@ class APIHandler(web.RequestHandler):
         if self.public:
             return
         try:
-            self.identity = await self.service.authenticator.authenticate(self.request)
+            self.identity = await self.authenticate()
             if self.admin_only and not self.identity.is_admin:
                 raise Forbidden("this endpoint is for admins only")
         except PotluckError as e:
@@ -226,10 +288,6 @@ class APIHandler(web.RequestHandler):
         return body
 
     # ------------------------------------------------------------ helpers
-    async def blocking(self, fn, *args):
-        """Run a call that may wait on the engine's batch loop, off the IOLoop."""
-        return await asyncio.get_running_loop().run_in_executor(self.service.executor, fn, *args)
-
     async def tenant(self):
         """The caller's engine tenant, its quota resolved from the identity."""
         ident = self.identity
@@ -238,40 +296,6 @@ class APIHandler(web.RequestHandler):
     def write_json(self, obj: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(json.dumps(obj, allow_nan=False))
-
-    def write_error(self, status_code: int, **kwargs) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, PotluckError):
-            body = exc.to_json()
-            status = exc.status
-            if status == 401:
-                self.set_header("WWW-Authenticate", 'Bearer realm="potluck"')
-        elif isinstance(exc, web.HTTPError) and status_code < 500:
-            status = status_code
-            reason = exc.log_message or HTTPStatus(status_code).phrase
-            code = {404: "not_found", 405: "method_not_allowed"}.get(status_code, "bad_request")
-            if status_code == 405:
-                self.set_header("Allow", ", ".join(self.allowed_methods()))
-                reason = f"{self.request.method} is not allowed here; allowed: {', '.join(self.allowed_methods())}"
-            body = {"error": {"code": code, "message": reason}}
-        else:
-            status = 500 if status_code < 400 else status_code
-            body = {"error": {"code": "internal_error",
-                              "message": "internal error in the engine service; the log has the details"}}
-        self.clear_header("Content-Encoding")
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.set_status(status)
-        self.finish(json.dumps(body))
-
-    def log_exception(self, typ, value, tb) -> None:
-        if isinstance(value, PotluckError) and value.status < 500:
-            return          # a user's mistake, answered; not a server problem
-        super().log_exception(typ, value, tb)
-
-    def allowed_methods(self) -> list[str]:
-        base = web.RequestHandler
-        return [m for m in ("GET", "POST", "PUT", "DELETE")
-                if getattr(type(self), m.lower()) is not getattr(base, m.lower())]
 
     def on_finish(self) -> None:
         self.service.metrics.observe_request(type(self).__name__, self.request.method, self.get_status())

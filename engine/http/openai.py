@@ -136,12 +136,12 @@ class _OpenAIHandler(GenerationHandler):
         return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
     def token_text(self, token: int) -> str:
-        return self.engine.tokenizer.decode([token])
+        # The token as the model wrote it, special tokens included (OpenAI's logprobs show them).
+        return self.engine.decode([token], skip_special_tokens=False)
 
     async def fail_stream(self, g) -> None:
         # The OpenAI clients raise on a chunk carrying "error".
         await self.send(sse(g.error.to_json()))
-
 
     async def end_generation(self, g, stream: bool, chunk, last_choice: dict, include_usage: bool):
         """The end both endpoints share: ``(result, usage)`` to answer with, or None when done already.
@@ -168,6 +168,8 @@ class _OpenAIHandler(GenerationHandler):
 
 
 class ChatCompletionsHandler(_OpenAIHandler):
+    """``POST v1/chat/completions``."""
+
     async def post(self) -> None:
         p = check_fields(self.json_body(), CHAT_FIELDS, required=("model", "messages"),
                          where="/v1/chat/completions")
@@ -245,6 +247,8 @@ class ChatCompletionsHandler(_OpenAIHandler):
 
 
 class CompletionsHandler(_OpenAIHandler):
+    """``POST v1/completions``."""
+
     async def post(self) -> None:
         p = check_fields(self.json_body(), COMPLETION_FIELDS, required=("model", "prompt"), where="/v1/completions")
         _check_common(p)
@@ -267,7 +271,7 @@ class CompletionsHandler(_OpenAIHandler):
         include_usage = bool(p.get("stream_options", {}).get("include_usage"))
         echo = ""
         if p.get("echo"):
-            echo = prompt if prompt is not None else self.engine.tokenizer.decode(tokens)
+            echo = prompt if prompt is not None else self.engine.decode(tokens, skip_special_tokens=False)
         lp = {"tokens": [], "token_logprobs": [], "top_logprobs": [] if p.get("logprobs") else None,
               "text_offset": []}
         offset = len(echo)
@@ -344,6 +348,8 @@ def openai_usage(res) -> dict:
 
 
 class ModelsHandler(APIHandler):
+    """``GET v1/models``: the served model, if the caller's quota allows it."""
+
     async def get(self) -> None:
         t = await self.tenant()
         allowed = t.quota.models
@@ -352,3 +358,10 @@ class ModelsHandler(APIHandler):
         if "*" in allowed or name in allowed:
             data.append({"id": name, "object": "model", "created": int(self.service.started), "owned_by": "potluck"})
         self.write_json({"object": "list", "data": data})
+
+
+default_handlers = [
+    (r"v1/chat/completions", ChatCompletionsHandler),
+    (r"v1/completions", CompletionsHandler),
+    (r"v1/models", ModelsHandler),
+]

@@ -8,10 +8,10 @@ parameter never silently falls back to its default.
 
 from __future__ import annotations
 
+from ..contexts import check_saved_name
 from ..errors import BadRequest
 from ..sampling import Sampler
 from .base import check_fields, finite
-from .contexts import check_name, context_tokens
 from .streams import GenerationHandler, build_sampler, check_model, logprob_of, sse, usage_json
 
 DEFAULT_MAX_TOKENS = 256
@@ -46,9 +46,11 @@ def _tops(ev) -> list[dict] | None:
 
 
 class GenerateHandler(GenerationHandler):
+    """``POST api/generate``: one generation, whole or streamed."""
+
     async def continued(self, name: str, prompt: str | None, tokens: list | None, messages) -> list:
         """My saved context ``name``'s tokens, then the prompt's (its KV pages are reused, not recomputed)."""
-        check_name(name)
+        check_saved_name(name)
         if messages is not None or (prompt is None) == (tokens is None):
             raise BadRequest("with context, give a prompt or tokens to continue it with (not messages)",
                              code="invalid_prompt", param="context")
@@ -56,10 +58,8 @@ class GenerateHandler(GenerationHandler):
         engine = self.engine
 
         def join() -> list:
-            saved = context_tokens(engine, t.name, name)
-            if prompt is not None:
-                return saved + engine.encode(prompt)
-            return saved + list(tokens)
+            saved = engine.saved_tokens(t, name)
+            return saved + (engine.encode(prompt) if prompt is not None else list(tokens))
         return await self.blocking(join)
 
     async def post(self) -> None:
@@ -107,3 +107,8 @@ class GenerateHandler(GenerationHandler):
             await self.send(sse(out, "done"))
         else:
             self.write_json(out)
+
+
+default_handlers = [
+    (r"api/generate", GenerateHandler),
+]

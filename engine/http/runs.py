@@ -7,7 +7,8 @@ existed (GET, DELETE and the WebSocket alike).
 
 ``WS api/runs/{id}/events`` is authenticated like every other endpoint (an
 ``Authorization: token|Bearer`` header on the upgrade request; no token in
-the URL). It sends the run's past events, then live ones, one JSON text frame
+the URL), by the same ``ServiceHandler`` code, and refused with the same JSON
+errors. It sends the run's past events, then live ones, one JSON text frame
 each, and closes after the final ``status`` event. Text frames from the
 client are JSON values delivered to the run (its ``receive()``); a message
 the run cannot take is answered with an ``{"type": "error", "error": {...}}``
@@ -28,17 +29,16 @@ import binascii
 import json
 import logging
 from datetime import datetime
-from http import HTTPStatus
 
 from tornado import websocket
 from tornado.ioloop import IOLoop
 
 from ..errors import BadRequest, EngineUnavailable, NotFound, PotluckError
-from .base import APIHandler, check_fields
+from ..protocol import DONE_STATES
+from .base import APIHandler, ServiceHandler, check_fields
 
 log = logging.getLogger("potluck.engine")
 
-DONE_STATES = ("finished", "failed", "cancelled")
 CANCEL_WAIT = 5.0       # seconds DELETE waits for the run to stop before answering 202
 
 
@@ -165,7 +165,7 @@ class AdminRunHandler(APIHandler):
         await cancel_and_answer(self, tenant, run_id)
 
 
-class RunEventsHandler(websocket.WebSocketHandler):
+class RunEventsHandler(ServiceHandler, websocket.WebSocketHandler):
     """``WS api/runs/{id}/events``: the run's events out, messages to the run in."""
 
     run = None
@@ -174,37 +174,25 @@ class RunEventsHandler(websocket.WebSocketHandler):
     _unsubscribe = None
     _closing = False
 
-    @property
-    def service(self):
-        return self.settings["service"]
-
     def check_origin(self, origin: str) -> bool:
         # Credentials come only from the Authorization header, which a browser page cannot set on
         # a WebSocket: a cross-site page cannot act as anyone, so the origin proves nothing here.
         return True
 
-    def _refuse(self, err: PotluckError) -> None:
-        self.set_status(err.status)
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        if err.status == 401:
-            self.set_header("WWW-Authenticate", 'Bearer realm="potluck"')
-        self.finish(json.dumps(err.to_json()))
-
     async def get(self, run_id: str, *args, **kwargs) -> None:
         try:
-            ident = await self.service.authenticator.authenticate(self.request)
+            ident = await self.authenticate()
             runs = run_manager(self.service)
             try:
                 self.run = runs.get(ident.tenant, run_id)
             except NotFound:
-                loop = asyncio.get_running_loop()
-                self.past = await loop.run_in_executor(self.service.executor, runs.record, ident.tenant, run_id)
+                self.past = await self.blocking(runs.record, ident.tenant, run_id)
             since = self.get_query_argument("since", "0")
             if not since.isdigit():
                 raise BadRequest("since must be a non-negative event number", code="invalid_type", param="since")
             self._since = int(since)
         except PotluckError as e:
-            self._refuse(e)
+            self.answer_error(e)        # before the upgrade: a plain JSON answer, like every endpoint's
             return
         await super().get(run_id, *args, **kwargs)
 
@@ -263,12 +251,10 @@ class RunEventsHandler(websocket.WebSocketHandler):
             self._unsubscribe()
             self._unsubscribe = None
 
-    def write_error(self, status_code: int, **kwargs) -> None:
-        # Errors before the upgrade (e.g. a plain GET without Upgrade) stay JSON like the rest of the API.
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        phrase = HTTPStatus(status_code).phrase if status_code in HTTPStatus._value2member_map_ else "error"
-        self.finish(json.dumps({"error": {"code": "bad_request" if status_code < 500 else "internal_error",
-                                          "message": phrase}}))
-
-
-__all__ = ["RunsHandler", "RunHandler", "RunEventsHandler", "AdminRunsHandler", "AdminRunHandler"]
+default_handlers = [
+    (r"api/runs", RunsHandler),
+    (r"api/runs/([^/]+)", RunHandler),
+    (r"api/runs/([^/]+)/events", RunEventsHandler),
+    (r"api/admin/runs", AdminRunsHandler),
+    (r"api/admin/runs/([^/]+)/([^/]+)", AdminRunHandler),
+]

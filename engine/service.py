@@ -1,0 +1,176 @@
+"""The engine service: what the handlers share, how it is assembled, and the order it stops in.
+
+``Service`` holds the one engine, its store and usage ledger, the
+authenticator, the thread pool for calls that wait on the batch loop, the
+metrics, the inferlet run manager and the request limits. ``serve`` assembles
+it from the command line's settings (``PotluckEngine``, which is also the
+engine's ``EngineConfig``), listens, and on SIGTERM or SIGINT stops in the
+one safe order: HTTP server, runs, engine, open connections, ledger, store.
+
+``make_app`` builds the tornado application under a base URL (``/``
+standalone, the Hub service prefix such as ``/services/potluck/`` under a
+Hub), its routes joined from each ``http`` module's ``default_handlers``.
+This module wires and orders; it decides nothing about requests, and the
+command line (parsing, config files, ``main``) stays in ``app.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tornado import web
+from tornado.httpserver import HTTPServer
+
+from . import __version__
+from .auth import Authenticator
+from .engine import Engine
+from .http import admin, contexts, generate, me, metrics, openai, runs, status
+from .http.base import NotFoundHandler
+from .metrics import EngineMetrics
+from .store import Store, UsageLedger
+
+if TYPE_CHECKING:
+    from .app import PotluckEngine
+
+log = logging.getLogger("potluck.engine")
+
+# Bodies over max_body_size are read and dropped up to this multiple before the 413, so the
+# client sees the answer; past it the connection is answered and closed at once.
+DRAIN_FACTOR = 16
+
+ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
+    *status.default_handlers,
+    *me.default_handlers,
+    *generate.default_handlers,
+    *contexts.default_handlers,
+    *runs.default_handlers,
+    *admin.default_handlers,
+    *openai.default_handlers,
+    *metrics.default_handlers,
+]
+
+
+@dataclass
+class Service:
+    engine: Engine
+    store: Store
+    ledger: UsageLedger
+    authenticator: Authenticator
+    executor: ThreadPoolExecutor
+    metrics: EngineMetrics
+    max_body_size: int = 1 << 20
+    authenticate_prometheus: bool = True
+    runs: Any = None                    # the sandbox's RunManager; None when it could not load
+    runs_error: str | None = None       # why not (the runs endpoints answer 503 with it)
+    started: float = field(default_factory=time.time)
+
+    @property
+    def body_discard_limit(self) -> int:
+        return self.max_body_size * DRAIN_FACTOR
+
+    def uptime(self) -> float:
+        return time.time() - self.started
+
+
+def normalize_base_url(base_url: str) -> str:
+    """``services/potluck`` -> ``/services/potluck/``."""
+    return "/" + base_url.strip("/") + "/" if base_url.strip("/") else "/"
+
+
+def make_app(service: Service, base_url: str = "/") -> web.Application:
+    base = normalize_base_url(base_url)
+    handlers = [(re.escape(base) + path, cls) for path, cls in ROUTES]
+    return web.Application(handlers, service=service, default_handler_class=NotFoundHandler,
+                           compress_response=False, serve_traceback=False,
+                           websocket_ping_interval=30)
+
+
+def start_runs(engine: Engine, store: Store) -> tuple[Any, str | None]:
+    """The inferlet ``RunManager`` (loads the cached runner; builds it the first time, ~35 s).
+
+    A sandbox that cannot load (no runner and no componentize-py to build it) does not stop
+    the engine: generation is served, and the runs endpoints answer 503 saying why.
+    """
+    try:
+        from .sandbox import RunManager
+        return RunManager(engine, store), None
+    except Exception as e:
+        log.error("inferlet runs are disabled: the sandbox could not be loaded: %s", e, exc_info=True)
+        return None, " ".join(f"{type(e).__name__}: {e}".split())[:300]
+
+
+async def serve(settings: PotluckEngine) -> int:
+    """Assemble the service, serve until SIGTERM or SIGINT, stop in order; the process's exit status."""
+    loop = asyncio.get_running_loop()
+    store = settings.open_store()
+    ledger = UsageLedger(store, flush_interval=settings.usage_flush_interval)
+    ledger.start()
+    # The settings object is the engine's EngineConfig itself: no copy to drift from the traits.
+    engine = Engine(settings, store=store, ledger=ledger)
+    executor = ThreadPoolExecutor(settings.request_threads, thread_name_prefix="potluck-http")
+    try:
+        await loop.run_in_executor(executor, engine.start)
+    except Exception as e:
+        log.critical("the engine could not start: %s", e)
+        ledger.close()
+        store.close()
+        return 1
+    engine_metrics = EngineMetrics(engine)
+    engine.step_listeners.append(engine_metrics.on_step)
+    run_manager, runs_error = await loop.run_in_executor(executor, start_runs, engine, store)
+    if run_manager is not None:
+        engine_metrics.watch_runs(run_manager)
+    service = Service(engine=engine, store=store, ledger=ledger,
+                      authenticator=settings.authenticator_class(parent=settings, store=store, executor=executor),
+                      executor=executor, metrics=engine_metrics, max_body_size=settings.max_body_size,
+                      authenticate_prometheus=settings.authenticate_prometheus,
+                      runs=run_manager, runs_error=runs_error)
+    base = normalize_base_url(settings.base_url)
+    server = HTTPServer(make_app(service, base), max_body_size=service.body_discard_limit, xheaders=True)
+    try:
+        server.listen(settings.port, settings.ip)
+    except OSError as e:
+        log.critical("cannot listen on %s:%s: %s", settings.ip, settings.port, e)
+        if run_manager is not None:
+            await loop.run_in_executor(executor, run_manager.shutdown)
+        await loop.run_in_executor(executor, engine.stop)
+        ledger.close()
+        store.close()
+        return 1
+    log.info("Potluck engine %s serving %s at http://%s:%d%s", __version__, engine.model_name,
+             settings.ip, settings.port, base)
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("shutting down")
+    await shutdown(service, server)
+    return 0
+
+
+async def shutdown(service: Service, server: HTTPServer) -> None:
+    """Stop taking requests, end runs and generations, then close the ledger and the store."""
+    loop = asyncio.get_running_loop()
+    executor = service.executor
+    server.stop()
+    if service.runs is not None:
+        # Cancels every run and waits for their threads; followers get the final status event.
+        await loop.run_in_executor(executor, service.runs.shutdown)
+    # Stopping the engine ends every generation (503 to their clients), so streams finish.
+    await loop.run_in_executor(executor, service.engine.stop)
+    try:
+        await asyncio.wait_for(server.close_all_connections(), timeout=5)
+    except asyncio.TimeoutError:
+        pass
+    service.ledger.close()        # the last usage reaches the database: a restart loses no accounting
+    service.store.close()
+    executor.shutdown(wait=False, cancel_futures=True)
