@@ -57,8 +57,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import begin, log, machine_info, save  # noqa: E402
+from common import begin, log, machine_info, save  # noqa: E402
 
 from potluck.engine.scheduler import OUTPUT_WEIGHT, FairScheduler, make_scheduler  # noqa: E402
 

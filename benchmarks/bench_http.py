@@ -53,40 +53,13 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import build_prompts, code_version, log, machine_info, quiet_logs, save  # noqa: E402  (same prompts as bench_engine.py)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "service"))
-from potluck_process import EngineProcess  # noqa: E402  (the service tests' engine launcher)
+from common import (SSEClient, build_prompts, code_version, log, machine_info, quiet_logs,  # noqa: E402
+                    save, step_delta, summarize)
+from support.engine_process import EngineProcess  # noqa: E402  (the tests' engine launcher)
 
 TENANTS = 4
 TARGET_N = 32
 TARGET_OVERHEAD = 0.10
-
-
-def pct(xs: list[float], q: float) -> float:
-    import numpy as np
-    return float(np.percentile(xs, q))
-
-
-def ttft_stats(xs: list[float]) -> dict:
-    return {"mean_s": sum(xs) / len(xs), "p50_s": pct(xs, 50), "p95_s": pct(xs, 95), "max_s": max(xs)}
-
-
-def summarize(clients: list[dict], new_tokens: int) -> dict:
-    """Tokens/s and TTFT over one round's clients (times are perf_counter seconds)."""
-    start = min(c["t_send"] for c in clients)
-    end = max(c["t_end"] for c in clients)
-    wall = end - start
-    ttft = [c["t_first"] - c["t_send"] for c in clients]
-    return {
-        "wall_s": wall,
-        "tokens_per_s": len(clients) * new_tokens / wall,
-        "ttft": ttft_stats(ttft),
-        "ttft_all_s": [round(x, 4) for x in ttft],
-        "mean_request_s": sum(c["t_end"] - c["t_send"] for c in clients) / len(clients),
-        "cached_tokens": sum(c.get("cached_tokens") or 0 for c in clients),
-    }
 
 
 def check_tokens(side: str, clients: list[dict], new_tokens: int) -> None:
@@ -97,14 +70,6 @@ def check_tokens(side: str, clients: list[dict], new_tokens: int) -> None:
         if c.get("usage_completion_tokens", new_tokens) != new_tokens:
             raise AssertionError(f"{side} client {i}: usage.completion_tokens {c['usage_completion_tokens']}, "
                                  f"wanted {new_tokens}")
-
-
-def step_delta(before: dict, after: dict) -> dict:
-    """Engine steps over a round, from two ``status()["stats"]`` snapshots."""
-    d = {k: after[k] - before[k] for k in ("steps", "batch_seqs", "batch_tokens", "decode_tokens",
-                                           "prefill_tokens")}
-    d["mean_batch_seqs"] = d["batch_seqs"] / d["steps"] if d["steps"] else 0.0
-    return d
 
 
 # ------------------------------------------------------------ (a) in-process
@@ -167,30 +132,6 @@ class InProcess:
 
 
 # ------------------------------------------------------------------ (b) HTTP
-class SSEClient:
-    """Incremental parser of one server-sent event stream (fed raw body chunks)."""
-
-    def __init__(self, on_event):
-        self.buf = b""
-        self.on_event = on_event
-
-    def feed(self, chunk: bytes) -> None:
-        self.buf += chunk
-        while True:
-            # Events end with a blank line; the server writes "\n", never "\r\n".
-            cut = self.buf.find(b"\n\n")
-            if cut < 0:
-                return
-            block, self.buf = self.buf[:cut], self.buf[cut + 2:]
-            event, data = "message", []
-            for line in block.decode("utf-8").split("\n"):
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:"):
-                    data.append(line[5:].lstrip(" "))
-            self.on_event(event, "\n".join(data))
-
-
 class HTTPEngine:
     """A ``potluck engine`` subprocess on a free port with its own data dir: the service tests' launcher."""
 

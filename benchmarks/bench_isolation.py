@@ -48,8 +48,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engine import begin, log, machine_info, save  # noqa: E402
+from common import begin, log, machine_info, save  # noqa: E402
 
 CLASSES = ("B-shared", "B-fresh", "A-repeat", "A-fresh")
 VOCAB_LO, VOCAB_HI = 1000, 40000
@@ -160,8 +159,7 @@ def in_process(args, plan: list[str]) -> tuple[dict, dict]:
 
 
 def over_http(args, plan: list[str]) -> tuple[dict, dict]:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "service"))
-    from potluck_process import EngineProcess  # the service tests' launcher (default model, 256 KV pages)
+    from support.engine_process import EngineProcess  # the tests' launcher (default model, 256 KV pages)
     with tempfile.TemporaryDirectory(prefix="potluck-bench-isolation-") as d:
         proc = EngineProcess(Path(d))
         t0 = time.perf_counter()

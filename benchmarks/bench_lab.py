@@ -57,12 +57,9 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests" / "service"))
-from bench_engine import SENTENCES, code_version, device_kind, log, machine_info, save  # noqa: E402
-from bench_throughput import create_tokens, engine_metrics, metrics_delta  # noqa: E402
-from potluck_process import EngineProcess  # noqa: E402  (the service tests' engine launcher)
+from common import (SENTENCES, code_version, create_tokens, device_kind, engine_metrics, log,  # noqa: E402
+                    machine_info, metrics_delta, save)
+from support.engine_process import EngineProcess  # noqa: E402  (the tests' engine launcher)
 
 from potluck.kernel.client import Client, PotluckError  # noqa: E402  (what a notebook uses)
 

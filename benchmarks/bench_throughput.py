@@ -4,7 +4,7 @@ N tenants (N = 1 4 16 32 64; each its own token from the engine's token store)
 each send one chat request at the same moment: distinct user messages of
 about ``--prompt-tokens`` tokens, ``--new-tokens`` greedy tokens each (no early
 end of sequence), through one of three paths of the same ``potluck engine``
-subprocess (the service tests' ``EngineProcess`` launcher):
+subprocess (the tests' ``EngineProcess`` launcher, ``tests/support``):
 
   generate   ``POST /api/generate`` with ``messages``, ``"stream": true``
              (server-sent events), ``ignore_eos``;
@@ -47,13 +47,10 @@ from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests" / "service"))
-from bench_engine import SENTENCES, code_version, device_kind, log, machine_info, quiet_logs, save  # noqa: E402
-from bench_http import SSEClient, step_delta  # noqa: E402
-from bench_http import summarize as http_summarize  # noqa: E402
-from potluck_process import EngineProcess  # noqa: E402  (the service tests' engine launcher)
+from common import (SENTENCES, SSEClient, code_version, create_tokens, device_kind, engine_metrics,  # noqa: E402
+                    log, machine_info, metrics_delta, quiet_logs, run_generate_batch, save, step_delta)
+from common import summarize as round_summary  # noqa: E402
+from support.engine_process import EngineProcess  # noqa: E402  (the tests' engine launcher)
 
 PATHS = ("generate", "chat", "inferlet")
 LABELS = {"generate": "POST /api/generate (SSE)", "chat": "POST /v1/chat/completions (SSE)",
@@ -77,33 +74,6 @@ send({"tokens": [first.token] + list(rest.tokens), "prompt_tokens": prompt_token
 
 
 # ----------------------------------------------------------------- helpers
-def create_tokens(proc: EngineProcess, names: list[str], admin: tuple[str, ...] = ()) -> dict[str, str]:
-    """Tokens for many tenants at once: the same ``Store.create_token`` that ``potluck token create``
-    calls, on the engine's database (one CLI call per token costs ~1 s of imports each)."""
-    from potluck.engine.store import Store
-    store = Store("sqlite:///" + str(Path(proc.data_dir).resolve() / "potluck.sqlite"))
-    try:
-        return {n: store.create_token(n, is_admin=n in admin) for n in names}
-    finally:
-        store.close()
-
-
-def engine_metrics(url: str, admin_token: str) -> dict:
-    """Forward-step time and the engine process's CPU time so far, from ``GET /metrics``."""
-    import requests
-    text = requests.get(url.rstrip("/") + "/metrics", headers={"Authorization": f"Bearer {admin_token}"},
-                        timeout=120).text
-    want = {"potluck_step_seconds_sum": "step_seconds", "potluck_step_seconds_count": "steps",
-            "process_cpu_seconds_total": "cpu_seconds"}
-    out = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in want:
-            out[want[name]] = float(value)
-    out["t"] = time.monotonic()
-    return out
-
-
 def admin_status(url: str, admin_token: str) -> dict:
     """``GET /api/status`` as an admin: its ``stats`` counters are shown to admins only."""
     import requests
@@ -111,18 +81,6 @@ def admin_status(url: str, admin_token: str) -> dict:
                      timeout=120)
     r.raise_for_status()
     return r.json()
-
-
-def metrics_delta(a: dict, b: dict) -> dict:
-    """Over an interval: the share of wall time the engine spent in forward steps, and the CPU cores
-    its process used (low values on a busy machine mean other processes took the cores)."""
-    wall = b["t"] - a["t"]
-    d = {"wall_s": wall}
-    if "step_seconds" in a and "step_seconds" in b:
-        d["forward_busy_share"] = (b["step_seconds"] - a["step_seconds"]) / wall
-    if "cpu_seconds" in a and "cpu_seconds" in b:
-        d["engine_cpu_cores"] = (b["cpu_seconds"] - a["cpu_seconds"]) / wall
-    return d
 
 
 def user_messages(tokenizer, n: int, length: int, seed: int) -> list[list[dict]]:
@@ -140,8 +98,8 @@ def user_messages(tokenizer, n: int, length: int, seed: int) -> list[list[dict]]
 
 
 def summarize(clients: list[dict], new_tokens: int) -> dict:
-    """bench_http's round summary, plus the prompt lengths the clients were sent."""
-    return {**http_summarize(clients, new_tokens),
+    """The round summary bench_http gives, plus the prompt lengths the clients were sent."""
+    return {**round_summary(clients, new_tokens),
             "prompt_tokens": sorted({c["prompt_tokens"] for c in clients if c.get("prompt_tokens") is not None})}
 
 
@@ -320,7 +278,6 @@ def baseline_sequential(lm, chats: list[list[dict]], new_tokens: int, device: st
 
 
 def baseline_generate_batch(lm, chats: list[list[dict]], new_tokens: int) -> dict:
-    from bench_engine import run_generate_batch
     tok = lm.tokenizer
     prompts = [list(tok.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=True)
                     ["input_ids"]) for m in chats]

@@ -1,12 +1,12 @@
 """Soak: the real engine under hours-in-minutes of mixed use, watched for leaks.
 
 For ``--minutes`` (10 by default) against one real ``potluck engine`` process (default model,
-its own data dir, started with the tests' launcher ``tests/service/potluck_process.py``):
+its own data dir, started with the tests' launcher ``tests/support/engine_process.py``):
 
 - inferlet runs, ``--runs`` of them (20 a minute by default: 200 in 10 minutes), spread evenly
   over the time and over ``--tenants`` tenants (20): each fills a chat, generates 16 tokens and
   sends the text back; its owner follows it on the events WebSocket;
-- the disconnect storm (``tests/faults/fault_helpers.Storm``), all the time, ``--storm-threads`` (3) at once:
+- the disconnect storm (``tests/support/faults.Storm``), all the time, ``--storm-threads`` (3) at once:
   a streaming ``/api/generate``, an OpenAI chat stream or a run's events socket is opened, its
   first chunk read and the TCP connection reset, over and over (about 110 a minute measured
   beside the runs on the shared 2-core CPU machine under a load of 5: ~1100 in 10 minutes;
@@ -37,13 +37,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import common  # noqa: F401  (puts tests/ on sys.path, for support.* below)
+from support.engine_process import EngineProcess
+from support.faults import Storm, proc_stats, runs_idle, settle
+
+from potluck.kernel.client import Client as KernelClient
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests" / "service"), str(ROOT / "tests" / "faults")]
-
-from fault_helpers import Storm, proc_stats, runs_idle, settle  # noqa: E402
-from potluck_process import EngineProcess  # noqa: E402
-
-from potluck.kernel.client import Client as KernelClient  # noqa: E402
 
 INFERLET = """
 from potluck_inferlet import Context, args, send
