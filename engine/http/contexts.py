@@ -32,7 +32,7 @@ class ContextHandler(APIHandler):
     async def get(self, name: str) -> None:
         check_saved_name(name)
         t = await self.tenant()
-        tokens = await self.blocking(self.engine.saved_tokens, t, name)
+        tokens = await self.blocking(self.engine.saved_tokens, t.name, name)
         text = self.engine.decode(tokens, skip_special_tokens=False)
         self.write_json({"name": name, "n_tokens": len(tokens), "text": text})
 
@@ -43,7 +43,7 @@ class ContextHandler(APIHandler):
         check_saved_name(name)
         t = await self.tenant()
         engine = self.engine
-        n = await self.blocking(lambda: engine.fill_saved(t, name, **p))
+        n = await self.blocking(lambda: engine.fill_saved(t.name, name, **p))
         self.write_json({"name": name, "n_tokens": n})
 
     async def delete(self, name: str) -> None:

@@ -58,7 +58,7 @@ class GenerateHandler(GenerationHandler):
         engine = self.engine
 
         def join() -> list:
-            saved = engine.saved_tokens(t, name)
+            saved = engine.saved_tokens(t.name, name)
             return saved + (engine.encode(prompt) if prompt is not None else list(tokens))
         return await self.blocking(join)
 

@@ -14,7 +14,7 @@ class MeHandler(APIHandler):
 
     async def get(self) -> None:
         t = await self.tenant()
-        self.write_json(await self.blocking(self.engine.me, t))
+        self.write_json(await self.blocking(self.engine.me, t.name))
 
 
 default_handlers = [
