@@ -50,7 +50,6 @@ import statistics
 import sys
 import threading
 import time
-from collections import deque
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -59,7 +58,7 @@ import torch
 
 from common import begin, log, machine_info, save  # noqa: E402
 
-from potluck.engine.scheduler import OUTPUT_WEIGHT, FairScheduler, make_scheduler  # noqa: E402
+from potluck.engine.scheduler import OUTPUT_WEIGHT, FairScheduler, TenantQueue, make_scheduler  # noqa: E402
 
 TTFT_TARGET_RATIO = 2.0
 VOCAB_LO, VOCAB_HI = 1000, 40000       # ordinary tokens of SmolLM2's vocabulary
@@ -74,7 +73,7 @@ class NoLiftScheduler(FairScheduler):
 
     def add(self, req) -> None:
         self.counters.setdefault(req.tenant, 0.0)
-        self.queues.setdefault(req.tenant, deque()).append(req)
+        self.queues.setdefault(req.tenant, TenantQueue()).add(req)
 
 
 def new_scheduler(policy: str) -> FairScheduler:
@@ -118,7 +117,7 @@ class Run:
 
         def swap():
             assert eng.scheduler.depth() == 0, "the engine must be idle to swap its scheduler"
-            eng.scheduler = new_scheduler(self.policy)
+            eng.scheduler = eng.loop.scheduler = new_scheduler(self.policy)
         eng._call(swap)
         eng.step_listeners.append(self._on_step)
         self.t0 = time.perf_counter()
@@ -175,7 +174,7 @@ class Run:
         def cancel_all():
             for g in list(self.live):
                 if g.tenant == name and not g.done:
-                    self.eng._cancel_generation(g)
+                    g.cancel()   # on the loop thread: at once
         self.eng._call(cancel_all)
 
     def stop(self) -> None:
@@ -186,7 +185,7 @@ class Run:
         def cancel_all():
             for g in list(self.live):
                 if not g.done:
-                    eng._cancel_generation(g)
+                    g.cancel()
             return eng.scheduler.depth(), len(eng._generations)
         deadline = time.time() + 120
         while eng._call(cancel_all) != (0, 0) and time.time() < deadline:

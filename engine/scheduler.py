@@ -21,8 +21,7 @@ touches tensors, pages or the model.
 from __future__ import annotations
 
 import heapq
-from collections import deque
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 INTERACTIVE = 0
 BATCH = 1
@@ -52,11 +51,46 @@ def charge(req: Schedulable, n: int) -> float:
     return c
 
 
+class TenantQueue:
+    """One tenant's pending requests: running sequences' decode tokens, then waiting prompts.
+
+    Two insertion-ordered dicts used as ordered sets: adding and removing are
+    O(1) (a decode token joins or leaves a queue every step), and iteration is
+    decodes first, each group in arrival order.
+    """
+
+    __slots__ = ("decodes", "prompts")
+
+    def __init__(self):
+        self.decodes: dict[Schedulable, None] = {}
+        self.prompts: dict[Schedulable, None] = {}
+
+    def __len__(self) -> int:
+        return len(self.decodes) + len(self.prompts)
+
+    def __iter__(self) -> Iterator[Schedulable]:
+        yield from self.decodes
+        yield from self.prompts
+
+    def add(self, req: Schedulable) -> None:
+        # A running sequence's next token goes before this tenant's prompts still waiting
+        # (as vLLM runs running sequences first): else, under overload, a tenant's new prompts
+        # would keep its own decodes waiting and its pages growing. Other tenants are unaffected.
+        (self.decodes if req.decode else self.prompts)[req] = None
+
+    def discard(self, req: Schedulable) -> bool:
+        for group in (self.decodes, self.prompts):
+            if req in group:
+                del group[req]
+                return True
+        return False
+
+
 class FairScheduler:
     policy = "fair"
 
     def __init__(self):
-        self.queues: dict[str, deque] = {}
+        self.queues: dict[str, TenantQueue] = {}
         self.counters: dict[str, float] = {}
         self.weights: dict[str, float] = {}
         self.service: dict[str, float] = {}      # unweighted charges served, for metrics and tests
@@ -76,29 +110,18 @@ class FairScheduler:
         return sum(len(q) for q in self.queues.values())
 
     def add(self, req: Schedulable) -> None:
-        q = self.queues.setdefault(req.tenant, deque())
+        q = self.queues.get(req.tenant)
+        if q is None:
+            q = self.queues[req.tenant] = TenantQueue()
         if not q:
             active = [self.counters[t] for t, other in self.queues.items() if other]
             base = min(active) if active else self._floor
             self.counters[req.tenant] = max(self.counters.get(req.tenant, 0.0), base)
-        if req.decode:
-            # A running sequence's next token goes before this tenant's prompts still waiting
-            # (as vLLM runs running sequences first): else, under overload, a tenant's new prompts
-            # would keep its own decodes waiting and its pages growing. Other tenants are unaffected.
-            i = len(q)
-            while i > 0 and not q[i - 1].decode:
-                i -= 1
-            q.insert(i, req)
-        else:
-            q.append(req)
+        q.add(req)
 
     def remove(self, req: Schedulable) -> None:
         q = self.queues.get(req.tenant)
-        if q is None:
-            return
-        try:
-            q.remove(req)
-        except ValueError:
+        if q is None or not q.discard(req):
             return
         if not q:
             self._floor = self.counters.get(req.tenant, 0.0)
@@ -121,21 +144,23 @@ class FairScheduler:
 
     def schedule(self, budget: int, max_seqs: int, admit: Admit) -> list[tuple[Schedulable, int]]:
         picked: list[tuple[Schedulable, int]] = []
-        cursor = {t: 0 for t, q in self.queues.items() if q}
-        heap = [self._key(t, self.queues[t][0]) for t in cursor]
+        # Each backlogged tenant's queue is walked in order; the heap holds each one's next request.
+        walks = {t: iter(q) for t, q in self.queues.items() if q}
+        nxt = {t: next(it) for t, it in walks.items()}
+        heap = [self._key(t, req) for t, req in nxt.items()]
         heapq.heapify(heap)
         while heap and budget > 0 and len(picked) < max_seqs:
             t = heapq.heappop(heap)[-1]
-            q = self.queues[t]
-            req = q[cursor[t]]
-            cursor[t] += 1
+            req = nxt[t]
             n = min(req.remaining, budget)
             if n > 0 and admit(req, n):
                 self._serve(req, n)
                 picked.append((req, n))
                 budget -= n
-            if cursor[t] < len(q):
-                heapq.heappush(heap, self._key(t, q[cursor[t]]))
+            following = next(walks[t], None)
+            if following is not None:
+                nxt[t] = following
+                heapq.heappush(heap, self._key(t, following))
         return picked
 
 

@@ -8,6 +8,7 @@ set by an admin. Every effective value remembers where it came from, so
 
 Enforcement lives here too: the token-rate windows and the per-request and
 concurrency limits. Every refusal names the quota field and its value.
+``TenantRegistry`` keeps every tenant seen, their overrides and live usage.
 Nothing here touches tensors or pages.
 """
 
@@ -18,7 +19,8 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, time as dtime, timezone
+from typing import Callable
 
 from .errors import BadRequest, QuotaExceeded, RequestTooLarge
 from .scheduler import PRIORITIES
@@ -218,3 +220,130 @@ class Tenant:
             "active_requests": self.active_requests,
             "active_runs": self.active_runs,
         }
+
+
+class TenantRegistry:
+    """Every tenant the engine has seen: quotas resolved in layers, live counters, usage to the ledger.
+
+    Runs on the batch-loop thread only (the engine's facade calls it there),
+    so the counters need no lock. ``on_quota`` is told every (re)resolved
+    tenant, so the scheduler's weights and the pool's soft shares follow the
+    quota without this class knowing either. Per-user overrides live in the
+    store when there is one (they survive restarts), else in memory.
+    """
+
+    def __init__(self, defaults: Quota, *, store=None, ledger=None,
+                 on_quota: Callable[[Tenant], None] = lambda t: None):
+        self.defaults = defaults
+        self.store = store
+        self.ledger = ledger
+        self.on_quota = on_quota
+        self.tenants: dict[str, Tenant] = {}
+        self._overrides: dict[str, dict] = {}     # only when there is no store
+
+    def __getitem__(self, name: str) -> Tenant:
+        return self.tenants[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.tenants
+
+    def __iter__(self):
+        return iter(self.tenants)
+
+    def get(self, name: str) -> Tenant | None:
+        return self.tenants.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self.tenants)
+
+    def resolve(self, name: str, groups: dict[str, dict] | None = None, is_admin: bool = False) -> Tenant:
+        """The tenant ``name`` with its quota resolved (defaults <- groups <- user override)."""
+        t = self.tenants.get(name)
+        if t is None:
+            day_tokens = 0
+            if self.ledger is not None:
+                midnight = datetime.combine(datetime.now(timezone.utc).date(), dtime(), tzinfo=timezone.utc)
+                day_tokens = self.ledger.tokens_since(name, midnight)
+            t = self.tenants[name] = Tenant(name=name, window=TokenWindow(day_tokens))
+        if groups is not None:
+            t.groups = tuple(sorted(groups))
+            t.group_quotas = groups
+        t.is_admin = is_admin
+        self._resolve(t)
+        return t
+
+    def _resolve(self, t: Tenant) -> None:
+        t.quota, t.quota_source = resolve_quota(self.defaults, t.group_quotas, self.get_override(t.name))
+        self.on_quota(t)
+
+    # ------------------------------------------------------------ overrides
+    def get_override(self, name: str) -> dict | None:
+        return self.store.get_override(name) if self.store is not None else self._overrides.get(name)
+
+    def set_override(self, name: str, fields: dict, actor: str) -> dict:
+        """Store a validated per-user override (off the loop: it writes the database)."""
+        fields = validate_quota_fields(fields, where=f"quota override for {name}")
+        if self.store is not None:
+            self.store.set_override(name, fields, actor)
+        return fields
+
+    def delete_override(self, name: str, actor: str) -> bool:
+        if self.store is not None:
+            return self.store.delete_override(name, actor)
+        return name in self._overrides
+
+    def apply_override(self, name: str, fields: dict | None) -> None:
+        """On the loop: the new override takes effect for a live tenant at once."""
+        if fields is None:
+            self._overrides.pop(name, None)
+        else:
+            self._overrides[name] = fields
+        t = self.tenants.get(name)
+        if t is not None:
+            self._resolve(t)
+
+    # ---------------------------------------------------------------- usage
+    def charge_tokens(self, usage: dict[str, list[int]]) -> None:
+        """One step's ``{tenant: [prefill tokens, decode tokens]}``."""
+        for name, (pre, dec) in usage.items():
+            t = self.tenants[name]
+            t.prefill_tokens += pre
+            t.decode_tokens += dec
+            t.window.add(pre + dec)
+            if self.ledger is not None:
+                self.ledger.record(name, prefill_tokens=pre, decode_tokens=dec)
+
+    def charge_pages(self, held: dict[str, int], seconds: float) -> None:
+        for name, pages in held.items():
+            t = self.tenants.get(name)
+            if t is not None:
+                t.page_seconds += pages * seconds
+                if self.ledger is not None:
+                    self.ledger.record(name, page_seconds=pages * seconds)
+
+    def charge_fuel(self, name: str, fuel: int) -> None:
+        t = self.tenants.get(name)
+        if t is not None:
+            t.fuel += fuel
+        if self.ledger is not None and fuel:
+            self.ledger.record(name, fuel=fuel)
+            self.ledger.flush_soon()
+
+    def request_finished(self, name: str) -> None:
+        self.tenants[name].active_requests -= 1
+        if self.ledger is not None:
+            self.ledger.record(name, requests=1)
+            self.ledger.flush_soon()     # a finished request's usage reaches the database at once
+
+    def set_active_runs(self, name: str, n: int) -> None:
+        t = self.tenants.get(name)
+        if t is not None:
+            t.active_runs = n
+
+    # -------------------------------------------------------------- reports
+    def report(self, name: str) -> dict | None:
+        t = self.tenants.get(name)
+        if t is None:
+            return None
+        return {"name": t.name, "groups": list(t.groups), "is_admin": t.is_admin,
+                "quota": t.quota.to_json(), "quota_source": dict(t.quota_source), "usage": t.usage_json()}

@@ -7,7 +7,7 @@ import torch
 
 from tiny_engine import make_engine
 from potluck.engine.errors import NotFound, QuotaExceeded
-from potluck.engine.kv import KvPool
+from potluck.engine.pages import KvPool
 from potluck.engine.sampling import Sampler
 
 GREEDY = Sampler()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from potluck.engine.kv import KvPool
+from potluck.engine.pages import KvPool
 
 PREFIX = list(range(700, 748))          # 3 full pages of 16
 
@@ -31,8 +31,8 @@ def test_forward_into_a_context_reuses_only_my_own_cached_prefix(engine):
     assert fill("alice", PREFIX + [7, 8, 9]) == 48
     # And Bob's own second send now hits his own pages, never hers.
     assert fill("bob", PREFIX + [10, 11]) == 48
-    bob_pages = {id(p) for c in engine._contexts["bob"].values() for p in c.pages}
-    alice_pages = {id(p) for c in engine._contexts["alice"].values() for p in c.pages}
+    bob_pages = {id(p) for s in engine.contexts.open["bob"].values() for p in s.ctx.pages}
+    alice_pages = {id(p) for s in engine.contexts.open["alice"].values() for p in s.ctx.pages}
     assert not bob_pages & alice_pages
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from potluck.engine.scheduler import BATCH, INTERACTIVE, FairScheduler, FcfsScheduler, charge
+from potluck.engine.scheduler import BATCH, INTERACTIVE, FairScheduler, FcfsScheduler, TenantQueue, charge
 
 _arrivals = itertools.count()
 
@@ -110,7 +110,7 @@ def test_returning_tenant_gets_no_credit_for_time_away():
 def test_interactive_requests_go_before_batch_ones_whatever_the_counters():
     sched = FairScheduler()
     sched.counters["student"] = 1000.0
-    sched.queues["student"] = __import__("collections").deque()
+    sched.queues["student"] = TenantQueue()
     batch = Req("researcher", 1, decode=True, priority=BATCH)
     inter = Req("student", 1, decode=True, priority=INTERACTIVE)
     sched.add(batch)

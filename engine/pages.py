@@ -1,4 +1,4 @@
-"""KV pages: the pool, contexts, forks, prefix reuse and host swap.
+"""KV-cache pages: the pool, contexts, forks, prefix reuse and host swap.
 
 The pool is a fixed number of device *slots*, each holding ``page_size``
 tokens of keys and values for every layer, laid out flat
@@ -57,8 +57,6 @@ class Context:
     pages: list[Page] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
     keys: list[int] = field(default_factory=list)   # chained prefix key of each full page
-    busy: bool = False                               # a forward on it is queued or running
-    last_sample: int | None = None                   # feeding it back next is a decode, not a prefill
     dropped: bool = False
 
     @property
