@@ -46,6 +46,45 @@ send({"text": out, "tokens": out.tokens, "finish": out.finish_reason})
     assert run.usage["decode_tokens"] >= len(ref.tokens)
 
 
+
+def test_a_stop_string_in_the_sandbox_ends_text_as_engine_generate_does(runs, real_engine):
+    ref = real_engine.generate("tess", messages=QUESTION, max_tokens=12).result(timeout=240)
+    stop = ref.text.strip()[3:6]                 # a few characters from inside the answer
+    assert len(stop) == 3
+    src = """
+from potluck_inferlet import Context, args, send
+ctx = Context()
+ctx.fill_chat(args["messages"])
+out = ctx.generate(max_tokens=12, stop=[args["stop"]], stream=True)
+send({"text": out, "finish": out.finish_reason})
+"""
+    run = run_to_end(runs, "tess", src, {"messages": QUESTION, "stop": stop})
+    assert run.state == "finished", run.error
+    [got] = messages_of(run)
+    engine_stopped = real_engine.generate("tess", messages=QUESTION, max_tokens=12, stop=[stop]).result(timeout=240)
+    assert got["text"] == engine_stopped.text == ref.text[:ref.text.find(stop)]
+    assert got["finish"] == engine_stopped.finish_reason == "stop"
+    assert output_of(run, "stdout") == got["text"]      # streamed: the same text, never past the stop
+
+
+def test_the_guest_streams_multibyte_text_as_the_engine_textstream_does(runs, real_engine):
+    from potluck.engine.textstream import TextStream
+    text = "naïve café – 日本語 🎉 ok"
+    src = """
+from potluck_inferlet import args, decode, encode, send
+from potluck_textstream import TextStream
+ts = TextStream(decode, args["stop"])
+send([ts.push(t) for t in encode(args["text"])] + [ts.finish()])
+"""
+    for stop in ([], ["日本"]):
+        run = run_to_end(runs, "tess", src, {"text": text, "stop": stop})
+        assert run.state == "finished", run.error
+        [pieces] = messages_of(run)
+        host = TextStream(real_engine.decode, stop)
+        assert pieces == [host.push(t) for t in real_engine.encode(text)] + [host.finish()]
+        assert not any("\ufffd" in p for p in pieces)
+        assert "".join(pieces) == (text.split("日本")[0] if stop else real_engine.decode(real_engine.encode(text)))
+
 def test_distribution_and_next_token_agree_and_cost_no_pages_afterwards(runs, real_engine):
     src = """
 from potluck_inferlet import Context, Sampler, send, decode

@@ -20,6 +20,10 @@ with its forward call, so a prompt and the first sampled token cost one
 batched step. The token the engine chose last is pending too, until the
 following call feeds it.
 
+Text streams through ``potluck_textstream``: the engine's own
+``engine/textstream.py``, bundled into the runner at build time, so stop
+strings and multi-byte characters behave here exactly as in the engine.
+
 This module runs in the guest; it must not call the host at import time (the
 runner is pre-initialised at build time, when there is no host).
 """
@@ -31,6 +35,7 @@ import sys
 import time as _time
 
 from componentize_py_types import Err
+from potluck_textstream import TextStream
 from wit_world.imports import context as _ctx
 from wit_world.imports import io as _io
 from wit_world.imports import kv as _kv
@@ -183,26 +188,6 @@ class Generated(str):
     @property
     def logprob(self) -> float:
         return sum(self.logprobs)
-
-
-class _Detokenizer:
-    """Text as tokens arrive, decoding only a short window each time."""
-
-    def __init__(self):
-        self.ids: list[int] = []
-        self.prefix = 0
-        self.read = 0
-        self.before = ""
-
-    def push(self, token: int) -> str:
-        self.ids.append(token)
-        after = _model.decode(self.ids[self.prefix:])
-        if after.endswith("\ufffd"):
-            return ""                     # in the middle of a multi-byte character
-        delta = after[len(self.before):]
-        self.prefix, self.read = self.read, len(self.ids)
-        self.before = _model.decode(self.ids[self.prefix:self.read]) if self.prefix < self.read else ""
-        return delta
 
 
 # --------------------------------------------------------------- contexts
@@ -387,12 +372,12 @@ class _Generation:
     """One context's side of ``generate_all``: tokens, stop strings, text."""
 
     def __init__(self, stops: list[str], stream: bool):
-        self.stops = stops
         self.stream = stream
         self.tokens: list[int] = []
         self.logprobs: list[float] = []
-        self.detok = _Detokenizer() if (stops or stream) else None
-        self.text = ""
+        # Text is followed token by token only when it matters (stop strings, streaming);
+        # otherwise it is decoded once at the end.
+        self.text = TextStream(_model.decode, stops) if (stops or stream) else None
         self.finish = "length"
         self.done = False
 
@@ -402,24 +387,22 @@ class _Generation:
             return
         self.tokens.append(s.token)
         self.logprobs.append(s.logprob)
-        if self.detok is None:
+        if self.text is None:
             return
-        delta = self.detok.push(s.token)
-        self.text += delta
-        if self.stops:
-            cut = min((i for i in (self.text.find(x) for x in self.stops) if i >= 0), default=-1)
-            if cut >= 0:
-                start = len(self.text) - len(delta)
-                if self.stream and cut > start:
-                    print(self.text[start:cut], end="", flush=True)
-                self.text = self.text[:cut]
-                self.finish, self.done = "stop", True
-                return
-        if self.stream and delta:
-            print(delta, end="", flush=True)
+        self._show(self.text.push(s.token))
+        if self.text.stopped:
+            self.finish, self.done = "stop", True
+
+    def _show(self, text: str) -> None:
+        if self.stream and text:
+            print(text, end="", flush=True)
 
     def result(self) -> "Generated":
-        text = self.text if self.detok is not None else _model.decode(self.tokens)
+        if self.text is None:
+            text = _model.decode(self.tokens)
+        else:
+            self._show(self.text.finish())     # what was held back for a stop string that never came
+            text = self.text.text
         out = Generated(text)
         out.tokens, out.logprobs, out.finish_reason = self.tokens, self.logprobs, self.finish
         return out
