@@ -439,7 +439,7 @@ def _collect() -> dict[str, dict[str, Verb]]:
     return table
 
 
-def _check(table: dict[str, dict[str, Verb]], wit: dict[str, dict[str, bool]]) -> None:
+def check_against_wit(table: dict[str, dict[str, Verb]], wit: dict[str, dict[str, bool]]) -> None:
     """The declared host calls and the WIT world's imports agree exactly, or the sandbox does not load."""
     declared = {(i, n) for i, fs in table.items() for n in fs}
     wanted = {(i, n) for i, fs in wit.items() for n in fs}
@@ -454,7 +454,7 @@ def _check(table: dict[str, dict[str, Verb]], wit: dict[str, dict[str, bool]]) -
 
 PACKAGE, VERSION, _WIT_IMPORTS = read_wit(WIT_FILE.read_text())
 VERBS: dict[str, dict[str, Verb]] = _collect()
-_check(VERBS, _WIT_IMPORTS)
+check_against_wit(VERBS, _WIT_IMPORTS)
 
 # The same table as {interface: {function: (method, shape)}}, for reading and tests.
 IMPORTS: dict[str, dict[str, tuple[str, str]]] = {

@@ -47,3 +47,18 @@ def test_traps_become_one_line_for_the_owner():
     assert "fuel_per_run = 10" in describe_trap("error while executing at wasm backtrace:\n all fuel consumed", q)
     assert "stack" in describe_trap("wasm trap: call stack exhausted", q)
     assert "\n" not in describe_trap("something odd\nwith more lines", q)
+
+
+def test_a_host_call_the_wit_lacks_or_a_wit_function_without_one_stops_the_sandbox_loading():
+    from potluck.engine.sandbox.host_calls import VERBS, WIT_FILE, check_against_wit, read_wit
+    _, _, wit = read_wit(WIT_FILE.read_text())
+    check_against_wit(VERBS, wit)                                  # today's table and WIT agree
+    grown = {**wit, "kv": {**wit["kv"], "clear": True}}
+    with pytest.raises(RuntimeError, match="kv.clear: in the WIT, no host call"):
+        check_against_wit(VERBS, grown)
+    shrunk = {**wit, "runtime": {k: v for k, v in wit["runtime"].items() if k != "random"}}
+    with pytest.raises(RuntimeError, match="runtime.random: a host call the WIT does not import"):
+        check_against_wit(VERBS, shrunk)
+    reshaped = {**wit, "model": {**wit["model"], "decode": True}}
+    with pytest.raises(RuntimeError, match="model.decode: PLAIN in one and a result<> in the other"):
+        check_against_wit(VERBS, reshaped)
