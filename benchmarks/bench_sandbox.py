@@ -201,7 +201,7 @@ def main() -> None:
     from potluck.engine.engine import Engine, EngineConfig
     from potluck.engine.sandbox import RunManager
     from potluck.engine.sandbox.build import ensure_runner
-    from potluck.engine.sandbox.host import Sandbox
+    from potluck.engine.sandbox.wasm import Sandbox
 
     ensure_runner(log=print)
     engine = Engine(EngineConfig(model="default")).start()
