@@ -290,3 +290,17 @@ def test_many_followers_and_a_disconnecting_one_do_not_disturb_the_run(engine_pr
     assert len(results) == 3 and all(r == results[0] for r in results)
     assert "".join(e["text"] for e in results[0] if e["type"] == "output") == "tick 0\ntick 1\ntick 2\n"
     assert results[0][-1]["state"] == "finished"
+
+
+def test_the_events_websocket_refuses_with_the_apis_json_errors(engine_proc):
+    """Before the upgrade the WebSocket answers like every endpoint: status, JSON error, Bearer challenge."""
+    ruth = engine_proc.client("runs-ruth")
+    with pytest.raises(websocket.WebSocketBadStatusException) as e:
+        websocket.create_connection(ws_url(engine_proc, "r000000000000"), timeout=30)
+    assert e.value.status_code == 401
+    assert e.value.resp_headers["www-authenticate"] == 'Bearer realm="potluck"'
+    assert json.loads(e.value.resp_body)["error"]["code"] == "unauthorized"
+    with pytest.raises(websocket.WebSocketBadStatusException) as e:
+        connect(engine_proc, ruth.token, "r000000000000")
+    assert e.value.status_code == 404
+    assert json.loads(e.value.resp_body) == ruth.get("/api/runs/r000000000000").json()     # the same answer as GET
