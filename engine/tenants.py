@@ -49,9 +49,15 @@ class Quota:
 
 
 QUOTA_FIELDS = {f.name: f for f in dataclasses.fields(Quota)}
-_INT_FIELDS = {"kv_pages", "kv_pages_soft", "max_runs", "max_concurrent_requests", "tokens_per_minute",
-               "tokens_per_day", "max_tokens_per_request", "fuel_per_run", "memory_mb_per_run"}
-_FLOAT_FIELDS = {"weight", "max_run_seconds"}
+
+
+def _fields_typed(kind: str) -> set[str]:
+    # A quota field is declared once, in Quota: how it is validated follows its annotation.
+    return {f.name for f in QUOTA_FIELDS.values() if str(f.type).split(" |")[0] == kind}
+
+
+_INT_FIELDS = _fields_typed("int")
+_FLOAT_FIELDS = _fields_typed("float")
 
 
 def validate_quota_fields(fields: dict, *, where: str = "quota") -> dict:
