@@ -18,7 +18,7 @@ from traitlets import Dict, Enum, Float, Integer, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
 from .errors import PotluckError
-from .tenants import Quota, validate_quota_fields
+from .tenants import QUOTA_FIELDS, Quota, validate_quota_fields
 
 
 class QuotaFields(Dict):
@@ -79,9 +79,8 @@ class EngineConfig(Configurable):
 
     default_quota = QuotaFields(
         help="""Quota fields every tenant starts from, before group properties and per-user overrides,
-        e.g. {"tokens_per_minute": 20000, "max_tokens_per_request": 1024}. Fields: weight, priority,
-        kv_pages, kv_pages_soft, max_runs, max_concurrent_requests, tokens_per_minute, tokens_per_day,
-        max_tokens_per_request, fuel_per_run, max_run_seconds, memory_mb_per_run, models.""",
+        e.g. {"tokens_per_minute": 20000, "max_tokens_per_request": 1024}. Fields: """
+        + ", ".join(QUOTA_FIELDS) + ".",
     ).tag(config=True)
 
     forward_linger_ms = Float(

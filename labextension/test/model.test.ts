@@ -33,7 +33,7 @@ import {
   worstLevel
 } from '../src/model';
 
-// What the engine answers (engine/engine.py status(), _report(); engine/handlers/me.py).
+// What the engine answers (engine/engine.py status(), _report(), me(); served by engine/http/me.py).
 const STATUS = {
   version: '0.1.0',
   model: 'SmolLM2-135M-Instruct',
