@@ -90,7 +90,15 @@ def code_version() -> dict:
         info["engine_uncommitted"] = sorted(line[3:] for line in dirty)
     except (OSError, subprocess.SubprocessError):
         info["git_commit"] = None
-    runner = root / "engine" / "model_runner.py"
+    # The engine actually imported: a baseline measured from another tree (PYTHONPATH) says so here.
+    import importlib.util
+    spec = importlib.util.find_spec("potluck.engine")
+    engine_dir = Path(spec.origin).resolve().parent if spec and spec.origin else root / "engine"
+    info["engine_dir"] = str(engine_dir)
+    if engine_dir != (root / "engine").resolve():
+        base = subprocess.run(["git", "rev-parse", "HEAD"], cwd=engine_dir, capture_output=True, text=True)
+        info["engine_git_commit"] = base.stdout.strip() or None
+    runner = engine_dir / "model_runner.py"
     if runner.exists():
         info["model_runner_sha256"] = hashlib.sha256(runner.read_bytes()).hexdigest()[:16]
     return info
