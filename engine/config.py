@@ -83,6 +83,35 @@ class EngineConfig(Configurable):
         + ", ".join(QUOTA_FIELDS) + ".",
     ).tag(config=True)
 
+    latency_target_factor = Float(
+        2.0, help="""Performance isolation. When a step carries latency-sensitive work (interactive requests
+        of a tenant whose demand is under its fair share of the step, e.g. one user's chat beside another's
+        flood), keep the step's predicted time within this multiple of the time that work would take alone;
+        the rest of the step is filled in fair order only while it fits (prefill chunks are cut, decodes
+        wait a step). Steps without such work fill the whole token budget. Step times are predicted by a
+        cost model fitted online to this device's measured steps. 0 turns it off (every step fills the
+        token budget, as before). Otherwise at least 1.""",
+    ).tag(config=True)
+
+    latency_target_ms = Float(
+        0.0, help="""A fixed step-time target (ms) for steps that carry latency-sensitive work, instead of
+        latency_target_factor x that work's own time (never below that time). 0: use the factor.""",
+    ).tag(config=True)
+
+    @validate("latency_target_factor")
+    def _check_latency_factor(self, proposal) -> float:
+        value = proposal["value"]
+        if value != 0 and not 1 <= value <= 100:
+            raise TraitError(f"latency_target_factor must be 0 (off) or from 1 to 100, got {value}")
+        return value
+
+    @validate("latency_target_ms")
+    def _check_latency_ms(self, proposal) -> float:
+        value = proposal["value"]
+        if not 0 <= value <= 600_000:
+            raise TraitError(f"latency_target_ms must be from 0 to 600000, got {value}")
+        return value
+
     forward_linger_ms = Float(
         10.0, help="""After a step that served inferlet forwards, wait up to this many ms for those
         runs' next forwards, so they join one batch instead of trickling into separate steps.

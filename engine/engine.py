@@ -7,6 +7,7 @@ work to its rooms and runs their state changes on the batch loop:
 
 - ``loop.BatchLoop``: the thread that owns the model; commands and steps.
 - ``scheduler``: fair order between tenants.   ``pages.KvPool``: KV pages.
+- ``composer``: how much goes into each step, so light users' steps stay short.
 - ``sequence.Sequence``: one stream of forward work, kept across tokens.
 - ``generation.Generation``: a text generation and its handle.
 - ``contexts.ContextRegistry``: open and saved contexts per tenant.
@@ -17,17 +18,20 @@ work to its rooms and runs their state changes on the batch loop:
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from concurrent.futures import Future
 from typing import Callable
 
 from . import __version__
+from .composer import CostModel, StepComposer
 from .config import EngineConfig
 from .contexts import MAX_CONTEXTS_PER_TENANT, MAX_SAVED_NAME, ContextRegistry, check_saved_name
 from .errors import BadRequest, PotluckError
 from .generation import GenEvent, Generation, GenerationResult
 from .inputs import (check_context_window, check_max_tokens, check_messages, check_one_prompt, check_stop,
                      check_tokens, priority_of)
+from .latency import LatencyStats
 from .loop import BatchLoop
 from .model_runner import Runtime, load_runtime
 from .protocol import DONE_STATES, LIVE_STATES
@@ -36,6 +40,8 @@ from .scheduler import make_scheduler
 from .sequence import Sequence
 from .tenants import Quota, Tenant, TenantRegistry
 from .weights import LoadedModel
+
+log = logging.getLogger("potluck.engine")
 
 __all__ = ["Engine", "EngineConfig", "Generation", "GenerationResult", "GenEvent", "MAX_CONTEXTS_PER_TENANT",
            "MAX_SAVED_NAME"]
@@ -51,11 +57,16 @@ class Engine:
         self.scheduler = make_scheduler(self.config.scheduler)
         self.tenants = TenantRegistry(self.config.default_quota_object(), store=store, ledger=ledger,
                                       on_quota=self._quota_changed)
-        self.loop = BatchLoop(self.scheduler, self.tenants, self.config.forward_linger_ms)
+        self.composer = StepComposer(CostModel(), factor=self.config.latency_target_factor,
+                                     target_ms=self.config.latency_target_ms, context_of=lambda seq: seq.ctx.length)
+        self.loop = BatchLoop(self.scheduler, self.composer, self.tenants, self.config.forward_linger_ms)
         self._ids = itertools.count(1)
         self.contexts = ContextRegistry(self.loop.call, self._ids, store=store)
         self.contexts.on_done = self._forward_done
         self._generations: dict[int, Generation] = {}
+        self.latency = LatencyStats()
+        # Called on the loop thread with each generation that ended (cheap: no I/O, no engine calls).
+        self.generation_listeners: list[Callable[[Generation], None]] = [self.latency.on_generation]
         self.rt: Runtime | None = None
 
     # ----------------------------------------------------------- lifecycle
@@ -175,6 +186,11 @@ class Engine:
         self.pool.drop(g.seq.ctx)
         self.tenants.request_finished(g.tenant)
         self._generations.pop(g.id, None)
+        for fn in self.generation_listeners:
+            try:
+                fn(g)
+            except Exception:       # a broken listener must not break the loop
+                log.exception("generation listener failed")
 
     # -------------------------------------------------------------- contexts
     def create_context(self, tenant: str) -> int:
@@ -367,7 +383,8 @@ class Engine:
         r = self.tenants.report(name)
         if r is not None:
             open_, saved = self.contexts.counts(name)
-            r.update(kv_pages=self.pool.held_by(name), saved_contexts=saved, open_contexts=open_)
+            r.update(kv_pages=self.pool.held_by(name), saved_contexts=saved, open_contexts=open_,
+                     latency=self.latency.report(name))
         return r
 
     def me(self, tenant: str) -> dict:

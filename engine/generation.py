@@ -78,6 +78,7 @@ class Generation:
         self.cached_tokens = 0
         self.created = time.time()
         self.first_token_at: float | None = None
+        self.token_times: list[float] = []      # when each token was sampled (time between tokens)
         self.seq = seq
         self._max_context = max_context
         self._on_end = on_end
@@ -140,8 +141,10 @@ class Generation:
             return
         if err is not None:
             return self.finish("error", err)
+        now = time.time()
         if self.first_token_at is None:
-            self.first_token_at = time.time()
+            self.first_token_at = now
+        self.token_times.append(now)
         tok = s.token
         if tok in self.stop_token_ids:
             return self.finish("stop")

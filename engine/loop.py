@@ -6,8 +6,9 @@ threads (HTTP requests, inferlet runs, tests) reach the loop through
 ``call`` (a command and a future: wait for the answer) or ``post`` (a
 command without an answer, for counters a run thread reports).
 
-Each step: ``compose`` (the scheduler picks sequences and chunk sizes under
-the token budget; their pages are prepared as they are admitted) -> ``run``
+Each step: ``compose`` (the composer and the scheduler pick sequences and
+chunk sizes under the token budget and the latency target; their pages are
+prepared as they are admitted) -> ``run``
 (one forward of the model runner) -> ``commit`` (tokens into contexts,
 usage to the tenants) -> ``deliver`` (each finished feed's ``Sequence.done``).
 
@@ -25,6 +26,7 @@ import time
 from concurrent.futures import Future
 from typing import Callable
 
+from .composer import StepComposer, StepPlan
 from .errors import EngineUnavailable, PotluckError, QuotaExceeded
 from .model_runner import Chunk, Runtime
 from .pages import PoolExhausted
@@ -36,8 +38,10 @@ log = logging.getLogger("potluck.engine")
 
 
 class BatchLoop:
-    def __init__(self, scheduler: FairScheduler, tenants: TenantRegistry, forward_linger_ms: float):
+    def __init__(self, scheduler: FairScheduler, composer: StepComposer, tenants: TenantRegistry,
+                 forward_linger_ms: float):
         self.scheduler = scheduler
+        self.composer = composer
         self.tenants = tenants
         self.forward_linger_ms = forward_linger_ms
         self.rt: Runtime | None = None
@@ -209,7 +213,7 @@ class BatchLoop:
 
     # ---------------------------------------------------------------- step
     def _step(self) -> None:
-        picked, failed = self._compose()
+        picked, plan, failed = self._compose()
         for seq, err in failed:
             self.scheduler.remove(seq)
             seq.done(None, err)
@@ -234,21 +238,23 @@ class BatchLoop:
                 self.scheduler.remove(seq)
                 seq.done(None, err)
             return
-        usage = self._commit(picked, chunks, results, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        self.composer.cost.observe(plan.shape, seconds)
+        usage = self._commit(picked, chunks, results, seconds)
         for (seq, n), res in zip(picked, results):
             if seq.remaining == 0:
                 self.scheduler.remove(seq)
                 seq.done(res, None)
         if self.step_listeners:
-            info = {"seqs": len(picked), "tokens": sum(n for _, n in picked), "seconds": self.stats["last_step_ms"] / 1000,
-                    "usage": usage,
-                    "decode_seqs": sum(1 for c in chunks if len(c.tokens) == 1),
-                    "prefill_seqs": sum(1 for c in chunks if len(c.tokens) > 1)}
+            info = {"seqs": len(picked), "tokens": sum(n for _, n in picked), "seconds": seconds, "usage": usage,
+                    "decode_seqs": plan.shape.decode_seqs,
+                    "prefill_seqs": sum(1 for c in chunks if len(c.tokens) > 1),
+                    "predicted_seconds": plan.predicted, "target_seconds": plan.target}
             for fn in self.step_listeners:
                 fn(info)
 
-    def _compose(self) -> tuple[list[tuple[Sequence, int]], list[tuple[Sequence, PotluckError]]]:
-        """The scheduler's pick for this step, each admitted with its pages prepared."""
+    def _compose(self) -> tuple[list[tuple[Sequence, int]], StepPlan, list[tuple[Sequence, PotluckError]]]:
+        """The composer's pick for this step, each admitted with its pages prepared."""
         pool, profile = self.rt.pool, self.rt.profile
         pinned: set[int] = set()
         failed: list[tuple[Sequence, PotluckError]] = []
@@ -269,7 +275,9 @@ class BatchLoop:
             in_step.add(seq.id)
             return True
 
-        return self.scheduler.schedule(profile.batch_token_budget, profile.max_batch_seqs, admit), failed
+        picked, plan = self.composer.compose(self.scheduler, profile.batch_token_budget, profile.max_batch_seqs,
+                                             admit)
+        return picked, plan, failed
 
     def _commit(self, picked, chunks, results, seconds: float) -> dict[str, list[int]]:
         """Tokens into their contexts; what each tenant used this step, to the tenants and the stats."""

@@ -40,7 +40,14 @@ class Schedulable(Protocol):
     samples: bool         # produces an output token when its last chunk runs
 
 
-Admit = Callable[[Schedulable, int], bool]
+# Called with a request and the tokens it could feed this step: True (all of them), False (not this
+# step), or how many of them to feed (the composer cuts a prefill chunk to fit a step's time).
+Admit = Callable[[Schedulable, int], "bool | int"]
+
+
+def _admitted(admit: Admit, req: Schedulable, n: int) -> int:
+    k = admit(req, n)
+    return n if k is True else int(k)
 
 
 def charge(req: Schedulable, n: int) -> float:
@@ -153,7 +160,8 @@ class FairScheduler:
             t = heapq.heappop(heap)[-1]
             req = nxt[t]
             n = min(req.remaining, budget)
-            if n > 0 and admit(req, n):
+            n = _admitted(admit, req, n) if n > 0 else 0
+            if n > 0:
                 self._serve(req, n)
                 picked.append((req, n))
                 budget -= n
@@ -174,7 +182,8 @@ class FcfsScheduler(FairScheduler):
             if budget <= 0 or len(picked) >= max_seqs:
                 break
             n = min(req.remaining, budget)
-            if n > 0 and admit(req, n):
+            n = _admitted(admit, req, n) if n > 0 else 0
+            if n > 0:
                 self._serve(req, n)
                 picked.append((req, n))
                 budget -= n
