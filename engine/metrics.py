@@ -1,10 +1,18 @@
 """Prometheus metrics of one engine service.
 
-Two sources: ``on_step`` is an engine step listener (it runs on the batch-loop
-thread after every forward step, so it only adds to counters and histograms),
-and ``_StatusCollector`` reads ``engine.status()`` and the per-tenant reports
-when Prometheus scrapes (gauges: queue depth, KV pages, tenants). Each service
-has its own registry, so two engines in one process (tests) never mix.
+Three sources, all wired to the engine by ``EngineMetrics``' constructor:
+``on_step`` (an engine step listener) and ``on_generation`` (an engine
+generation listener) run on the batch-loop thread, after every forward step
+and at the end of every generation, so they only add to counters and
+histograms: no I/O, no engine calls. ``_StatusCollector`` reads
+``engine.status()`` and the per-tenant reports when Prometheus scrapes
+(gauges: queue depth, KV pages, tenants). Each service has its own registry,
+so two engines in one process (tests) never mix.
+
+What users feel (time to first token, time between tokens) is labelled by
+priority class only, never by user name: a scraper learns how interactive
+and batch work fare, not who was active when. Per-user percentiles are in
+the admin API's tenant reports (``engine/latency.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +22,15 @@ import threading
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
 
+from .scheduler import PRIORITIES
+
 _STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Time to first token includes the queue and the whole prefill: from milliseconds on a GPU to
+# tens of seconds for a long prompt on a busy CPU.
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# measured / predicted step time: 1 is a calibrated cost model; the fit aims at relative error.
+_RATIO_BUCKETS = (0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0)
+_CLASS_OF = {level: name for name, level in PRIORITIES.items()}      # Sequence.priority -> label
 _SEQ_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384)
 
@@ -34,10 +50,36 @@ class EngineMetrics:
                                    ["tenant", "finish_reason"], registry=r)
         self.http_requests = Counter("potluck_http_requests", "HTTP requests, by handler, method and status",
                                      ["handler", "method", "status"], registry=r)
+        self.ttft = Histogram("potluck_time_to_first_token_seconds",
+                              "From a generation's submission to its first token, by priority class",
+                              ["priority"], buckets=_TTFT_BUCKETS, registry=r)
+        self.tbt = Histogram("potluck_time_between_tokens_seconds",
+                             "Between consecutive tokens of one generation, by priority class",
+                             ["priority"], buckets=_STEP_BUCKETS, registry=r)
+        for name in PRIORITIES:         # both classes from the start, so a rate() over them never lacks a series
+            self.ttft.labels(name)
+            self.tbt.labels(name)
+        self.step_predicted = Histogram("potluck_step_predicted_seconds",
+                                        "The step composer's cost-model prediction of each step's time",
+                                        buckets=_STEP_BUCKETS, registry=r)
+        self.step_target = Histogram("potluck_step_target_seconds",
+                                     "The latency target of steps that carried latency-sensitive work",
+                                     buckets=_STEP_BUCKETS, registry=r)
+        self.step_ratio = Histogram("potluck_step_measured_to_predicted_ratio",
+                                    "Measured over predicted step time (near 1: the cost model is calibrated)",
+                                    buckets=_RATIO_BUCKETS, registry=r)
+        self.steps_limited = Counter("potluck_steps_latency_limited",
+                                     "Steps composed against a latency target (they carried latency-sensitive work)",
+                                     registry=r)
+        self.steps_over_target = Counter("potluck_steps_over_target",
+                                         "Latency-limited steps whose measured time passed their target",
+                                         registry=r)
         self._status = _StatusCollector(engine)
         r.register(self._status)
         # process_resident_memory_bytes, process_open_fds, ... (Linux): what a leak shows up in.
         ProcessCollector(registry=r)
+        engine.step_listeners.append(self.on_step)
+        engine.generation_listeners.append(self.on_generation)
 
     def watch_runs(self, runs) -> None:
         """Report the inferlet ``RunManager``'s gauges too (it starts after the metrics)."""
@@ -53,6 +95,27 @@ class EngineMetrics:
                 self.tokens.labels(tenant, "prefill").inc(prefill)
             if decode:
                 self.tokens.labels(tenant, "decode").inc(decode)
+        predicted = info.get("predicted_seconds")
+        if predicted:
+            self.step_predicted.observe(predicted)
+            self.step_ratio.observe(info["seconds"] / predicted)
+        target = info.get("target_seconds")
+        if target is not None:
+            self.steps_limited.inc()
+            self.step_target.observe(target)
+            if info["seconds"] > target:
+                self.steps_over_target.inc()
+
+    def on_generation(self, g) -> None:
+        """Engine generation listener (batch-loop thread): what the generation's user felt, by class."""
+        if g.first_token_at is None:
+            return          # refused or cancelled before its first token: nothing was felt as latency
+        cls = _CLASS_OF.get(g.seq.priority, "batch")
+        self.ttft.labels(cls).observe(g.first_token_at - g.created)
+        tbt = self.tbt.labels(cls)
+        times = g.token_times
+        for a, b in zip(times, times[1:]):
+            tbt.observe(b - a)
 
     def generation_finished(self, tenant: str, reason: str) -> None:
         self.generations.labels(tenant, reason).inc()

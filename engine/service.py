@@ -122,8 +122,7 @@ async def serve(settings: PotluckEngine) -> int:
         ledger.close()
         store.close()
         return 1
-    engine_metrics = EngineMetrics(engine)
-    engine.step_listeners.append(engine_metrics.on_step)
+    engine_metrics = EngineMetrics(engine)      # listens to the engine's steps and generations itself
     run_manager, runs_error = await loop.run_in_executor(executor, start_runs, engine, store)
     if run_manager is not None:
         engine_metrics.watch_runs(run_manager)
