@@ -11,8 +11,9 @@ cannot see that; this module measures *time*.
   back towards it where the steps seen so far cannot tell the terms apart.
 - ``StepComposer`` builds each step in two passes over the scheduler's fair
   order. First the *latency-sensitive* work: interactive requests of tenants
-  whose whole demand costs less than their fair share of the step (they are
-  not backlogged in the max-min sense; a flood is). If there is such work the
+  whose whole demand costs well under their fair share of the step (they are
+  not backlogged in the max-min sense; a flood is, even a decode flood whose
+  24 tokens would fit one step's token budget). If there is such work the
   step gets a target: ``latency_target_factor`` x the time that work would
   take alone (or ``latency_target_ms``, never below that time). Then the rest
   in fair order, only while the predicted step fits the target: prefill
@@ -137,7 +138,13 @@ class StepComposer:
         return self.factor > 0 or self.target_ms > 0
 
     def sensitive(self, scheduler: FairScheduler, budget: int) -> set[str]:
-        """Tenants whose interactive demand costs less than their fair share of this step."""
+        """Tenants whose interactive demand is small beside their fair share of this step.
+
+        Each tenant's demand is costed as if it had the step to itself (up to the budget). A tenant
+        is latency-sensitive when ``factor`` x that cost is under its weighted share of the sum:
+        only then can a step held to its target be shorter than the step it would otherwise ride
+        in. Tenants alike (four equal loads, two floods) are never sensitive, so their steps stay full.
+        """
         if not self.enabled:
             return set()
         costs: dict[str, float] = {}
@@ -155,12 +162,10 @@ class StepComposer:
             return set()
         weights = {t: scheduler.weights.get(t, 1.0) for t in costs}
         total, wsum = sum(costs.values()), sum(weights.values())
-        light = set()
-        for t, c in costs.items():
-            q = scheduler.queues[t]
-            if c < total * weights[t] / wsum and any(req.priority < BATCH for req in q):
-                light.add(t)
-        return light
+        margin = max(self.factor, 1.0)
+        return {t for t, c in costs.items()
+                if c * margin < total * weights[t] / wsum
+                and any(req.priority < BATCH for req in scheduler.queues[t])}
 
     def compose(self, scheduler: FairScheduler, budget: int, max_seqs: int,
                 admit: Admit) -> tuple[list[tuple[Schedulable, int]], StepPlan]:

@@ -164,3 +164,11 @@ def test_steps_of_one_mix_fit_that_mix_and_keep_the_priors_proportions_for_other
     prior = CostModel()
     ratio = model.predict(prompt) / model.predict(one)
     assert abs(ratio / (prior.predict(prompt) / prior.predict(one)) - 1) < 0.5
+
+
+def test_tenants_with_like_loads_are_not_latency_sensitive_and_keep_full_steps():
+    sched, comp = FairScheduler(), composer()
+    for i, tenant in enumerate(("a", "b", "c", "d")):
+        decode_flood(sched, n=8, context=380 + 10 * i, tenant=tenant)   # nearly equal, not exactly
+    picked, plan = comp.compose(sched, budget=256, max_seqs=256, admit=lambda r, n: True)
+    assert plan.target is None and len(picked) == 32
