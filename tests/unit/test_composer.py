@@ -172,3 +172,26 @@ def test_tenants_with_like_loads_are_not_latency_sensitive_and_keep_full_steps()
         decode_flood(sched, n=8, context=380 + 10 * i, tenant=tenant)   # nearly equal, not exactly
     picked, plan = comp.compose(sched, budget=256, max_seqs=256, admit=lambda r, n: True)
     assert plan.target is None and len(picked) == 32
+
+
+def test_backlogged_tenants_keep_the_vtc_bound_while_steps_are_held_short_for_a_light_one():
+    sched, comp = FairScheduler(), composer()
+    for tenant in ("a", "b"):
+        prefill_flood(sched, n=8, tokens=600, tenant=tenant)
+    largest = 0.0
+    held = 0
+    for _ in range(300):
+        light = Req("light", 1, decode=True, context=40)
+        sched.add(light)
+        picked, plan = comp.compose(sched, budget=256, max_seqs=256, admit=lambda r, n: True)
+        held += plan.target is not None
+        for req, n in picked:
+            largest = max(largest, n + 2.0)
+            req.remaining -= n
+            if req.remaining == 0:
+                sched.remove(req)
+                if req.tenant != "light":
+                    sched.add(Req(req.tenant, 600, decode=False))    # stays backlogged
+        gap = abs(sched.service.get("a", 0) - sched.service.get("b", 0))
+        assert gap <= 2 * largest, (gap, largest)
+    assert held == 300            # every step was held to the light tenant's target
