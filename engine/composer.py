@@ -73,13 +73,19 @@ class CostModel:
     def __init__(self, prior: tuple[float, ...] = PRIOR):
         self.prior = np.array(prior, dtype=float)
         self.coef = self.prior.copy()
+        self._c = tuple(float(v) for v in self.coef)
         self._x: deque[np.ndarray] = deque(maxlen=WINDOW)
         self._y: deque[float] = deque(maxlen=WINDOW)
         self._since_fit = 0
         self.observed = 0
 
     def predict(self, shape: StepShape) -> float:
-        return float(self.coef @ shape.features())
+        return self.predict_terms(shape.prefill_tokens, shape.decode_seqs, shape.kv_tokens)
+
+    def predict_terms(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int) -> float:
+        # Plain floats: this runs for every pending sequence each step, numpy's call overhead would dominate.
+        c = self._c
+        return c[0] + c[1] * prefill_tokens + c[2] * decode_seqs + c[3] * kv_tokens
 
     def observe(self, shape: StepShape, seconds: float) -> None:
         self._x.append(shape.features())
@@ -111,6 +117,7 @@ class CostModel:
         reg = np.diag((PRIOR_STRENGTH * scale) ** 2)
         coef = np.linalg.solve(xw.T @ xw + reg, xw.T @ yw + reg @ prior)
         self.coef = np.maximum(coef, prior * 0.01)
+        self._c = tuple(float(v) for v in self.coef)
 
 
 @dataclass
@@ -149,15 +156,20 @@ class StepComposer:
             return set()
         costs: dict[str, float] = {}
         for tenant, q in scheduler.queues.items():
-            shape, left = StepShape(), budget
+            prefill = decodes = kv = 0
+            left = budget
             for req in q:
                 if left <= 0:
                     break
                 n = min(req.remaining, left)
-                shape = shape.plus(self.context_of(req), n)
                 left -= n
+                kv += self.context_of(req) + n
+                if n == 1:
+                    decodes += 1
+                else:
+                    prefill += n
             if left < budget:
-                costs[tenant] = self.cost.predict(shape)
+                costs[tenant] = self.cost.predict_terms(prefill, decodes, kv)
         if len(costs) < 2:
             return set()
         weights = {t: scheduler.weights.get(t, 1.0) for t in costs}
