@@ -18,8 +18,9 @@ cannot see that; this module measures *time*.
   take alone (or ``latency_target_ms``, never below that time). Then the rest
   in fair order, only while the predicted step fits the target: prefill
   chunks are cut to fit, decodes that do not fit wait for the next step.
-  Without latency-sensitive work the step fills the whole token budget, so a
-  flood alone (or two floods) loses nothing.
+  Without latency-sensitive work (for ``HOLD_SECONDS`` after the last) the
+  step fills the whole token budget, so a flood alone (or two floods) loses
+  nothing.
 
 Charging stays in tokens (the scheduler's ``charge``): the second pass serves
 backlogged tenants in VTC order, so the bound on their service difference
@@ -31,6 +32,7 @@ sees a cost. Nothing here touches tensors.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable
@@ -50,6 +52,10 @@ REFIT_EVERY = 8       # steps between fits
 # keep terms the recent steps cannot separate (always the same mix) in the prior's proportion,
 # little against real data.
 PRIOR_STRENGTH = 2.0
+# After a step held short for a light tenant, later steps stay held this long: its next request
+# (the next turn of a chat) then starts in a short step, not behind a long one. A flood alone loses
+# at most this much time of full steps after the light user leaves.
+HOLD_SECONDS = 1.0
 
 
 @dataclass
@@ -134,8 +140,12 @@ Admit = Callable[[Schedulable, int], bool]
 
 class StepComposer:
     def __init__(self, cost: CostModel, *, factor: float = 2.0, target_ms: float = 0.0,
-                 context_of: Callable[[Schedulable], int] = lambda s: 0):
+                 context_of: Callable[[Schedulable], int] = lambda s: 0,
+                 clock: Callable[[], float] = time.monotonic):
         self.cost = cost
+        self.clock = clock
+        self._hold_until = 0.0
+        self._hold_target = 0.0
         self.factor = factor
         self.target_ms = target_ms
         self.context_of = context_of       # tokens already in a sequence's context (its KV reads)
@@ -182,20 +192,27 @@ class StepComposer:
     def compose(self, scheduler: FairScheduler, budget: int, max_seqs: int,
                 admit: Admit) -> tuple[list[tuple[Schedulable, int]], StepPlan]:
         light = self.sensitive(scheduler, budget)
-        if not light:
+        now = self.clock()
+        if not light and now >= self._hold_until:
             picked = scheduler.schedule(budget, max_seqs, admit)
             shape = self._shape(picked)
             return picked, StepPlan(shape, self.cost.predict(shape), None)
 
-        # Pass 1: the latency-sensitive work, in the scheduler's order.
-        def first(req: Schedulable, n: int) -> int:
-            return n if req.tenant in light and req.priority < BATCH and admit(req, n) else 0
-        picked = scheduler.schedule(budget, max_seqs, first)
-        shape = self._shape(picked)
-        alone = self.cost.predict(shape)
-        target = alone * self.factor if self.factor > 0 else alone
-        if self.target_ms > 0:
-            target = max(self.target_ms / 1000.0, alone)
+        if light:
+            # Pass 1: the latency-sensitive work, in the scheduler's order.
+            def first(req: Schedulable, n: int) -> int:
+                return n if req.tenant in light and req.priority < BATCH and admit(req, n) else 0
+            picked = scheduler.schedule(budget, max_seqs, first)
+            shape = self._shape(picked)
+            alone = self.cost.predict(shape)
+            target = alone * self.factor if self.factor > 0 else alone
+            if self.target_ms > 0:
+                target = max(self.target_ms / 1000.0, alone)
+            # A light user's next request usually follows soon (the next chat turn, the next cell):
+            # steps stay short a moment longer, so it does not arrive in the middle of a long one.
+            self._hold_until, self._hold_target = now + HOLD_SECONDS, target
+        else:
+            picked, shape, target = [], StepShape(), self._hold_target
 
         # Pass 2: everything else in fair order, only while the predicted step fits the target.
         state = {"shape": shape}

@@ -6,7 +6,7 @@ import itertools
 import random
 from dataclasses import dataclass
 
-from potluck.engine.composer import CostModel, StepComposer, StepShape
+from potluck.engine.composer import HOLD_SECONDS, CostModel, StepComposer, StepShape
 from potluck.engine.scheduler import BATCH, INTERACTIVE, FairScheduler
 
 _arrivals = itertools.count()
@@ -28,8 +28,17 @@ class Req:
         self.arrival = next(_arrivals)
 
 
-def composer(factor=2.0, target_ms=0.0) -> StepComposer:
-    return StepComposer(CostModel(TRUE), factor=factor, target_ms=target_ms, context_of=lambda r: r.context)
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def composer(factor=2.0, target_ms=0.0, clock=None) -> StepComposer:
+    return StepComposer(CostModel(TRUE), factor=factor, target_ms=target_ms, context_of=lambda r: r.context,
+                        clock=clock or Clock())
 
 
 def prefill_flood(sched, n=24, tokens=900, tenant="heavy", priority=INTERACTIVE):
@@ -112,7 +121,8 @@ def test_the_factor_and_the_fixed_target_set_the_step_time():
 
 
 def test_batch_work_yields_to_interactive_work_and_is_never_starved():
-    sched, comp = FairScheduler(), composer()
+    clock = Clock()
+    sched, comp = FairScheduler(), composer(clock=clock)
     batch = prefill_flood(sched, tenant="researcher", priority=BATCH)
     light = Req("student", 1, decode=True, context=40)
     sched.add(light)
@@ -120,6 +130,7 @@ def test_batch_work_yields_to_interactive_work_and_is_never_starved():
     assert picked[0][0] is light and plan.predicted <= plan.target
     assert any(r.tenant == "researcher" for r, _ in picked)          # the remaining room is used
     sched.remove(light)
+    clock.t += HOLD_SECONDS
     picked, plan = comp.compose(sched, budget=256, max_seqs=256, admit=lambda r, n: True)
     assert plan.target is None and sum(n for _, n in picked) == 256  # whole steps once interactive work is idle
     assert all(r in batch for r, _ in picked)
@@ -195,3 +206,20 @@ def test_backlogged_tenants_keep_the_vtc_bound_while_steps_are_held_short_for_a_
         gap = abs(sched.service.get("a", 0) - sched.service.get("b", 0))
         assert gap <= 2 * largest, (gap, largest)
     assert held == 300            # every step was held to the light tenant's target
+
+
+def test_steps_stay_short_a_moment_after_the_light_users_request_so_its_next_one_starts_in_a_short_step():
+    clock = Clock()
+    sched, comp = FairScheduler(), composer(clock=clock)
+    prefill_flood(sched)
+    light = Req("light", 1, decode=True, context=40)
+    sched.add(light)
+    _, first = comp.compose(sched, budget=256, max_seqs=256, admit=lambda r, n: True)
+    sched.remove(light)                                  # its request ended; the next is on its way
+    clock.t += HOLD_SECONDS / 2
+    picked, plan = comp.compose(sched, budget=256, max_seqs=256, admit=lambda r, n: True)
+    assert plan.target == first.target and plan.predicted <= plan.target
+    assert sum(n for _, n in picked) < 256
+    clock.t += HOLD_SECONDS
+    picked, plan = comp.compose(sched, budget=256, max_seqs=256, admit=lambda r, n: True)
+    assert plan.target is None and sum(n for _, n in picked) == 256
