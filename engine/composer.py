@@ -154,6 +154,10 @@ class StepComposer:
     def enabled(self) -> bool:
         return self.factor > 0 or self.target_ms > 0
 
+    def holding(self) -> bool:
+        """Steps are being held short for a light user (the loop then never waits to batch more)."""
+        return self.clock() < self._hold_until
+
     def sensitive(self, scheduler: FairScheduler, budget: int) -> set[str]:
         """Tenants whose interactive demand is small beside their fair share of this step.
 

@@ -189,7 +189,8 @@ class BatchLoop:
         most one linger after the last answer, and the whole wait never
         exceeds four lingers.
         """
-        if not self._awaited or self.forward_linger_ms <= 0:
+        if not self._awaited or self.forward_linger_ms <= 0 or self.composer.holding():
+            # While steps are held short for a light user, waiting to batch more would only delay it.
             self._awaited.clear()
             return
         linger = self.forward_linger_ms / 1000
