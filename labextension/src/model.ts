@@ -94,6 +94,19 @@ export interface IUsage {
   activeRuns: number;
 }
 
+/**
+ * What a user felt lately (the engine's `latency` in a tenant report, engine/latency.py): time to
+ * first token and between tokens, p50 and p99 in milliseconds over the tenant's recent
+ * generations; null where there is no sample yet.
+ */
+export interface ILatency {
+  ttftP50Ms: number | null;
+  ttftP99Ms: number | null;
+  tbtP50Ms: number | null;
+  tbtP99Ms: number | null;
+  generations: number;
+}
+
 export interface IMe {
   name: string;
   groups: string[];
@@ -103,6 +116,8 @@ export interface IMe {
   usage: IUsage;
   kvPages: number;
   override: { [field: string]: QuotaValue } | null;
+  /** null from an engine that does not report latency (older than this frontend). */
+  latency: ILatency | null;
 }
 
 export interface IRun {
@@ -133,6 +148,7 @@ export interface ITenant {
   kvPages: number;
   override: { [field: string]: QuotaValue } | null;
   totalTokens: number | null;
+  latency: ILatency | null;
 }
 
 // ---------------------------------------------------------------- parsing
@@ -209,6 +225,25 @@ function quotaOf(v: unknown): { [field: string]: QuotaValue } {
   return out;
 }
 
+function msOrNull(v: unknown): number | null {
+  return typeof v === 'number' && isFinite(v) && v >= 0 ? v : null;
+}
+
+/** A report's `latency`; null when the engine sends none (older engines) or not an object. */
+export function parseLatency(v: unknown): ILatency | null {
+  if (v === null || typeof v !== 'object' || Array.isArray(v)) {
+    return null;
+  }
+  const l = v as { [k: string]: unknown };
+  return {
+    ttftP50Ms: msOrNull(l.ttft_p50_ms),
+    ttftP99Ms: msOrNull(l.ttft_p99_ms),
+    tbtP50Ms: msOrNull(l.tbt_p50_ms),
+    tbtP99Ms: msOrNull(l.tbt_p99_ms),
+    generations: num(l.generations)
+  };
+}
+
 function sourceOf(v: unknown): { [field: string]: string } {
   const s = obj(v);
   const out: { [field: string]: string } = {};
@@ -229,7 +264,8 @@ export function parseMe(body: unknown): IMe {
     quotaSource: sourceOf(m.quota_source),
     usage: parseUsage(m.usage),
     kvPages: num(m.kv_pages),
-    override: m.override ? quotaOf(m.override) : null
+    override: m.override ? quotaOf(m.override) : null,
+    latency: parseLatency(m.latency)
   };
 }
 
@@ -287,7 +323,8 @@ export function parseTenants(body: unknown): ITenant[] {
         usage: o.usage ? parseUsage(o.usage) : null,
         kvPages: num(o.kv_pages),
         override: o.override ? quotaOf(o.override) : null,
-        totalTokens
+        totalTokens,
+        latency: parseLatency(o.latency)
       };
     })
     .filter(t => t.name);
@@ -405,6 +442,48 @@ export function formatAge(iso: string | null | undefined, now: number): string {
     return '';
   }
   return formatDuration((now - t) / 1000);
+}
+
+/** Milliseconds for people: "0.8 ms", "42 ms", "1.3 s"; null (no sample) is "–". */
+export function formatMs(ms: number | null | undefined): string {
+  if (ms === null || ms === undefined || !isFinite(ms)) {
+    return '–';
+  }
+  if (ms < 10) {
+    return `${trimZero(ms.toFixed(1))} ms`;
+  }
+  if (ms < 1000) {
+    return `${Math.round(ms)} ms`;
+  }
+  return `${trimZero((ms / 1000).toFixed(1))} s`;
+}
+
+/**
+ * One latency as "p50 / p99" ("42 ms / 1.3 s"), or "" when there is nothing to show: an engine
+ * without latency, or no generation yet.
+ */
+export function formatLatencyPair(p50: number | null, p99: number | null): string {
+  if (p50 === null && p99 === null) {
+    return '';
+  }
+  return `${formatMs(p50)} / ${formatMs(p99)}`;
+}
+
+/** The rows the panel shows for a latency report: [label, "p50 / p99"]; none without samples. */
+export function latencyRows(l: ILatency | null): [string, string][] {
+  if (!l || l.generations <= 0) {
+    return [];
+  }
+  const rows: [string, string][] = [];
+  const ttft = formatLatencyPair(l.ttftP50Ms, l.ttftP99Ms);
+  const tbt = formatLatencyPair(l.tbtP50Ms, l.tbtP99Ms);
+  if (ttft) {
+    rows.push(['first token', ttft]);
+  }
+  if (tbt) {
+    rows.push(['between tokens', tbt]);
+  }
+  return rows;
 }
 
 /** A quota value for people: null is "∞" (no limit), lists are joined, numbers are plain. */

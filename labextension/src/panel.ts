@@ -1,7 +1,7 @@
 /**
  * The "Potluck" side panel: the engine, my quota (and where each value comes from), my runs
- * with their live output and a cancel button, my saved contexts; for hub admins every tenant's
- * usage and quota (editable) and every run (cancellable).
+ * with their live output and a cancel button, my saved contexts, my recent latency; for hub
+ * admins every tenant's usage, latency and quota (editable) and every run (cancellable).
  *
  * Plain DOM, updated in place (rows are keyed by run id, context name, tenant), so a refresh
  * never throws away a button under the pointer or a half-filled form.
@@ -20,11 +20,13 @@ import {
   formatBytes,
   formatCompact,
   formatCount,
+  formatLatencyPair,
   formatQuotaValue,
   IMe,
   IRun,
   ISavedContext,
   ITenant,
+  latencyRows,
   Level,
   oneLine,
   parseContexts,
@@ -177,6 +179,13 @@ export class PotluckPanel extends Widget {
     quota.appendChild(this._quota);
     this.node.appendChild(quota);
 
+    // Hidden until the engine reports a latency with samples (older engines send none).
+    this._latency = section('jp-Potluck-latencySection', 'My latency (p50 / p99)');
+    this._latencyBody = el('dl', 'jp-Potluck-latency');
+    this._latency.appendChild(this._latencyBody);
+    this._latency.hidden = true;
+    this.node.appendChild(this._latency);
+
     const runs = section('jp-Potluck-runsSection', 'My runs');
     this._runs = table('jp-Potluck-runs', ['run', 'state', 'tokens', 'fuel', 'age', '']);
     this._runsEmpty = el('p', 'jp-Potluck-empty', 'No inferlet runs yet: start one with %%inferlet in a notebook.');
@@ -305,8 +314,23 @@ export class PotluckPanel extends Widget {
           tr.dataset.level = level;
         }
       );
+      this._renderMyLatency(me.latency);
     }
     this._renderError();
+  }
+
+  /** My time to first token and between tokens, over my recent generations; nothing without samples. */
+  private _renderMyLatency(latency: IMe['latency']): void {
+    const rows = latencyRows(latency);
+    this._latency.hidden = rows.length === 0;
+    const dl = this._latencyBody;
+    dl.textContent = '';
+    for (const [k, v] of rows) {
+      dl.append(el('dt', undefined, k), el('dd', `jp-Potluck-latency-${k.replace(/\s/g, '')}`, v));
+    }
+    this._latency.title = latency && rows.length
+      ? `over your last ${latency.generations} generations since the engine started (queue included)`
+      : '';
   }
 
   private _renderError(): void {
@@ -491,7 +515,7 @@ export class PotluckPanel extends Widget {
     }
     if (!this._admin) {
       const admin = section('jp-Potluck-admin', 'All users (admin)');
-      this._tenants = table('jp-Potluck-tenants', ['user', 'usage / quota', '']);
+      this._tenants = table('jp-Potluck-tenants', ['user', 'usage / quota', 'latency p50 / p99', '']);
       admin.appendChild(this._tenants);
       this._formHost = el('div', 'jp-Potluck-formHost');
       admin.appendChild(this._formHost);
@@ -511,14 +535,18 @@ export class PotluckPanel extends Widget {
         t => t.name,
         t => {
           const tr = el('tr');
-          tr.append(td('jp-Potluck-tenantName'), td('jp-Potluck-tenantUsage'), td('jp-Potluck-tenantActions'));
+          tr.append(td('jp-Potluck-tenantName'), td('jp-Potluck-tenantUsage'), td('jp-Potluck-tenantLatency'),
+            td('jp-Potluck-tenantActions'));
           for (const cls of ['Minute', 'Day', 'Pages', 'Runs']) {
             tr.cells[1].appendChild(el('span', `jp-Potluck-tenant${cls}`));
+          }
+          for (const cls of ['Ttft', 'Tbt']) {
+            tr.cells[2].appendChild(el('span', `jp-Potluck-tenant${cls}`));
           }
           const b = el('button', 'jp-Button jp-mod-styled jp-mod-accept jp-Potluck-button jp-Potluck-editQuota', 'Edit');
           b.title = `Set ${t.name}'s quota override`;
           b.addEventListener('click', () => this._openQuotaForm(t.name));
-          tr.cells[2].appendChild(b);
+          tr.cells[3].appendChild(b);
           return tr;
         },
         (tr, t) => {
@@ -538,6 +566,16 @@ export class PotluckPanel extends Widget {
           setText(parts[2], t.quota ? `${t.kvPages}/${formatCount(lim('kv_pages'))} pages` : '');
           const active = runs ? activeByOwner[t.name] || 0 : u ? u.activeRuns : 0;
           setText(parts[3], `${active}/${formatCount(lim('max_runs'))} runs`);
+          // Empty for a tenant without generations, or from an engine that reports no latency.
+          const l = t.latency && t.latency.generations > 0 ? t.latency : null;
+          const ttft = l ? formatLatencyPair(l.ttftP50Ms, l.ttftP99Ms) : '';
+          const tbt = l ? formatLatencyPair(l.tbtP50Ms, l.tbtP99Ms) : '';
+          const lat = tr.cells[2].children;
+          setText(lat[0], ttft ? `first ${ttft}` : '');
+          setText(lat[1], tbt ? `between ${tbt}` : '');
+          tr.cells[2].title = l
+            ? `time to first token and between tokens (p50 / p99) over ${t.name}'s last ${l.generations} generations`
+            : '';
           tr.dataset.level = u
             ? worstLevel([usageLevel(u.tokensLastMinute, lim('tokens_per_minute')),
               usageLevel(u.tokensToday, lim('tokens_per_day')), usageLevel(t.kvPages, lim('kv_pages'))])
@@ -656,6 +694,8 @@ export class PotluckPanel extends Widget {
   private _engine: HTMLElement;
   private _engineBody: HTMLElement;
   private _quota: HTMLTableElement;
+  private _latency: HTMLElement;
+  private _latencyBody: HTMLElement;
   private _runs: HTMLTableElement;
   private _runsEmpty: HTMLElement;
   private _contexts: HTMLTableElement;

@@ -17,8 +17,12 @@ import {
   formatCompact,
   formatCount,
   formatDuration,
+  formatLatencyPair,
+  formatMs,
   formatQuotaValue,
+  latencyRows,
   parseContexts,
+  parseLatency,
   parseMe,
   parseQuotaInput,
   parseRuns,
@@ -81,7 +85,8 @@ const ME = {
   saved_contexts: 1,
   open_contexts: 0,
   usage_total: { prefill_tokens: 100, decode_tokens: 20 },
-  override: { kv_pages: 64 }
+  override: { kv_pages: 64 },
+  latency: { ttft_p50_ms: 310.4, ttft_p99_ms: 1250.0, tbt_p50_ms: 42.0, tbt_p99_ms: 96.0, generations: 12 }
 };
 
 describe('formatting', () => {
@@ -137,6 +142,48 @@ describe('formatting', () => {
     assert.equal(formatQuotaValue('memory_mb_per_run', 256), '256 MB');
     assert.equal(formatQuotaValue('models', ['a', 'b']), 'a, b');
     assert.equal(formatQuotaValue('priority', 'batch'), 'batch');
+  });
+});
+
+describe('latency', () => {
+  it('milliseconds, then seconds; no sample is a dash', () => {
+    assert.equal(formatMs(0.84), '0.8 ms');
+    assert.equal(formatMs(42.4), '42 ms');
+    assert.equal(formatMs(999), '999 ms');
+    assert.equal(formatMs(1250), '1.3 s');
+    assert.equal(formatMs(3000), '3 s');
+    assert.equal(formatMs(null), '–');
+    assert.equal(formatLatencyPair(42, 1250), '42 ms / 1.3 s');
+    assert.equal(formatLatencyPair(42, null), '42 ms / –');
+    assert.equal(formatLatencyPair(null, null), '');
+  });
+
+  it("parses the engine's latency defensively", () => {
+    assert.deepEqual(parseLatency(ME.latency), {
+      ttftP50Ms: 310.4, ttftP99Ms: 1250, tbtP50Ms: 42, tbtP99Ms: 96, generations: 12
+    });
+    // An older engine sends none; a broken value never throws.
+    assert.equal(parseLatency(undefined), null);
+    assert.equal(parseLatency(null), null);
+    assert.equal(parseLatency('fast'), null);
+    assert.equal(parseLatency([1, 2]), null);
+    assert.deepEqual(parseLatency({ ttft_p50_ms: 'x', tbt_p99_ms: -1, generations: '3' }), {
+      ttftP50Ms: null, ttftP99Ms: null, tbtP50Ms: null, tbtP99Ms: null, generations: 0
+    });
+  });
+
+  it('the panel shows rows only once there are generations', () => {
+    assert.deepEqual(latencyRows(parseLatency(ME.latency)), [
+      ['first token', '310 ms / 1.3 s'],
+      ['between tokens', '42 ms / 96 ms']
+    ]);
+    assert.deepEqual(latencyRows(null), []);
+    // A tenant that has generated nothing yet: the engine sends nulls and 0.
+    const none = parseLatency({ ttft_p50_ms: null, ttft_p99_ms: null, tbt_p50_ms: null, tbt_p99_ms: null, generations: 0 });
+    assert.deepEqual(latencyRows(none), []);
+    // One-token generations have a first token but no gaps between tokens.
+    const one = parseLatency({ ttft_p50_ms: 20, ttft_p99_ms: 20, tbt_p50_ms: null, tbt_p99_ms: null, generations: 1 });
+    assert.deepEqual(latencyRows(one), [['first token', '20 ms / 20 ms']]);
   });
 });
 
@@ -209,6 +256,11 @@ describe('parsing', () => {
     assert.equal(me.usage.activeRuns, 1);
     assert.equal(me.kvPages, 3);
     assert.deepEqual(me.override, { kv_pages: 64 });
+    assert.equal(me.latency!.ttftP99Ms, 1250);
+    assert.equal(me.latency!.generations, 12);
+    const older: { [k: string]: unknown } = { ...ME };
+    delete older.latency;
+    assert.equal(parseMe(older).latency, null);
     assert.equal(parseMe({ ...ME, is_admin: true }).isAdmin, true);
     assert.equal(parseMe({ ...ME, is_admin: 'yes' }).isAdmin, false);
   });
@@ -249,6 +301,9 @@ describe('parsing', () => {
     assert.equal(tenants[1].usage, null);
     assert.deepEqual(tenants[1].override, { weight: 2 });
     assert.equal(tenants[1].totalTokens, null);
+    assert.equal(tenants[0].latency!.tbtP50Ms, 42);
+    // A tenant known only from the database has no latency: nothing to show, no error.
+    assert.equal(tenants[1].latency, null);
   });
 
   it('errors as one line', () => {
