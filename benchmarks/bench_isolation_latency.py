@@ -384,8 +384,8 @@ def run_policy(name: str, flags: tuple, floods: list[str], args, prompts: Prompt
     data_dir = Path(tempfile.mkdtemp(prefix="potluck-bench-isolation-latency-"))
     proc = EngineProcess(data_dir, kv_pages=args.kv_pages, max_body=1 << 20, args=("--model=default", *flags))
     t0 = time.perf_counter()
-    proc.start(timeout=600)
     try:
+        proc.start(timeout=600)
         tenants = ["light-alone", "warm"] + [f"{r}-{f}" for f in floods for r in ("heavy", "light")]
         tokens = create_tokens(proc, tenants + ["benchadmin"], admin=("benchadmin",))
         status = proc.status()
@@ -412,20 +412,25 @@ async def _policy(name: str, proc: EngineProcess, tokens: dict, floods: list[str
     await light_client_n(http, tokens["warm"], 3)
     burst = [prompts.flood_body("prefill", 10_000 + i, "prefill") | {"max_tokens": 4} for i in range(4)]
     burst += [prompts.flood_body("decode", 10_000 + i, "decode") | {"max_tokens": 16} for i in range(4)]
-    await asyncio.gather(*(http.request("POST", "/api/generate", tokens["warm"], b, lambda e, d: None)
-                           for b in burst))
+    answers = await asyncio.gather(*(http.request("POST", "/api/generate", tokens["warm"], b, lambda e, d: None)
+                                     for b in burst))
+    if any(code != 200 for code, _ in answers):
+        raise RuntimeError(f"[{name}] a warm-up request failed: {[a for a in answers if a[0] != 200][0]}")
     if "inferlet" in floods:
         warm_args = prompts.inferlet_args(10_000, 1) | {"forks": 2, "max_tokens": 4}
         rid = (await http.json("POST", "/api/runs", tokens["warm"], {"source": INFERLET_SRC, "args": warm_args},
                                ok=(201,)))["id"]
-        while (await http.json("GET", f"/api/runs/{rid}", tokens["warm"]))["state"] not in DONE:
+        while (run := await http.json("GET", f"/api/runs/{rid}", tokens["warm"]))["state"] not in DONE:
             await asyncio.sleep(0.25)
+        if run["state"] != "finished":
+            raise RuntimeError(f"[{name}] the warm-up inferlet run {run['state']}: {run.get('error')}")
     log(f"[{name}] warm-up {time.perf_counter() - t0:.0f}s")
 
     reqs: list[dict] = []
     w = await light_window(http, meter, tokens["light-alone"], args.seconds, ["light-alone"], reqs)
     alone = light_summary(reqs)
-    out = {"flags": list(flags), "scheduler": status["scheduler"], "alone": {"light": alone, "window": w,
+    out = {"flags": list(flags), "engine": {k: status.get(k) for k in ("model", "device", "profile", "scheduler",
+                                                                     "kv")}, "alone": {"light": alone, "window": w,
            "light_engine_side": (await http.json("GET", "/api/me", tokens["light-alone"])).get("latency")},
            "floods": {}}
     log(f"[{name}] light alone: {alone['n']} requests, e2e p50 {ms(alone['e2e']['p50_s'])} p99 "
@@ -608,7 +613,7 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "a light tenant's latency beside floods (prefill, decode, inferlet, batch) per policy, HTTP",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(load_before),
+        "machine": machine_info(load_before, {"device": next(iter(results.values()))["engine"]["device"]}),
         "code": code,
         "config": {
             "policies": {p: list(POLICIES[p]) for p in args.policies}, "floods": args.floods,
