@@ -230,6 +230,20 @@ class PotluckEngine(PotluckApp, EngineConfig):
         16, help="Threads for HTTP work that waits on the batch loop or the database.",
     ).tag(config=True)
 
+    request_threads_per_tenant = Integer(
+        min=1,
+        help="""The most request threads one tenant's blocking work may hold at once (engine calls that
+        wait on the batch loop, the database, tokenizing its prompts). A tenant's further calls wait in
+        its own queue; free threads go round-robin to the tenants with calls waiting, so a flood from
+        one tenant never holds the threads another tenant's request needs. Checking tokens (before the
+        tenant is known) is held to one such share too, turn by turn per credential.
+        Default: half of request_threads, at least 1 (at most request_threads).""",
+    ).tag(config=True)
+
+    @default("request_threads_per_tenant")
+    def _default_request_threads_per_tenant(self) -> int:
+        return max(1, self.request_threads // 2)
+
     usage_flush_interval = Float(
         5.0, help="Seconds between writes of the usage ledger to the database.",
     ).tag(config=True)

@@ -1,8 +1,10 @@
 """The engine service: what the handlers share, how it is assembled, and the order it stops in.
 
 ``Service`` holds the one engine, its store and usage ledger, the
-authenticator, the thread pool for calls that wait on the batch loop, the
-metrics, the inferlet run manager and the request limits. ``serve`` assembles
+authenticator, the request threads (``http.fairpool.FairPool``: calls that
+wait on the batch loop, the database or a tokenizer, handed out round-robin
+between tenants, each held to ``request_threads_per_tenant``), the metrics,
+the inferlet run manager and the request limits. ``serve`` assembles
 it from the command line's settings (``PotluckEngine``, which is also the
 engine's ``EngineConfig``), listens, and on SIGTERM or SIGINT stops in the
 one safe order: HTTP server, runs, engine, open connections, ledger, store.
@@ -21,7 +23,6 @@ import logging
 import re
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,7 @@ from .auth import Authenticator
 from .engine import Engine
 from .http import admin, contexts, generate, me, metrics, openai, runs, status
 from .http.base import NotFoundHandler
+from .http.fairpool import FairPool
 from .metrics import EngineMetrics
 from .store import Store, UsageLedger
 
@@ -63,7 +65,7 @@ class Service:
     store: Store
     ledger: UsageLedger
     authenticator: Authenticator
-    executor: ThreadPoolExecutor
+    executor: FairPool                  # the request threads; an Executor, lanes per tenant
     metrics: EngineMetrics
     max_body_size: int = 1 << 20
     authenticate_prometheus: bool = True
@@ -114,7 +116,8 @@ async def serve(settings: PotluckEngine) -> int:
     ledger.start()
     # The settings object is the engine's EngineConfig itself: no copy to drift from the traits.
     engine = Engine(settings, store=store, ledger=ledger)
-    executor = ThreadPoolExecutor(settings.request_threads, thread_name_prefix="potluck-http")
+    # Starting and stopping run in the pool's service lane (no request has set a lane here).
+    executor = FairPool(settings.request_threads, settings.request_threads_per_tenant, name="potluck-http")
     try:
         await loop.run_in_executor(executor, engine.start)
     except Exception as e:

@@ -17,8 +17,13 @@ can forget) raises it before running. The body is streamed in and capped at
 ``max_body_size``: past the cap it is read and thrown away, then refused with
 413.
 
-Handlers never block the IOLoop: engine calls that wait on the batch loop go
-through ``blocking``. This module imports nothing that imports it back (the
+Handlers never block the IOLoop: engine calls that wait on the batch loop, the
+database or a tokenizer go through ``blocking``, onto the request threads
+(``fairpool.FairPool``) in the caller's lane: its tenant's once it is known,
+its credential's while the token is being checked. Each request's first
+blocking call is its door: a tenant whose calls in flight plus running
+generations reach its ``max_concurrent_requests`` gets the 429 there, before
+it takes a thread. This module imports nothing that imports it back (the
 ``Service`` type only for type checking).
 """
 
@@ -35,7 +40,8 @@ from typing import TYPE_CHECKING, Any
 from tornado import web
 
 from ..auth import Identity
-from ..errors import BadRequest, Forbidden, NotFound, PotluckError
+from ..errors import BadRequest, Forbidden, NotFound, PotluckError, QuotaExceeded
+from .fairpool import LANE, SERVICE_LANE, Lane, admission_lane, tenant_lane
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -141,6 +147,9 @@ def _admitted(method):
 class ServiceHandler(web.RequestHandler):
     """Base of every handler, HTTP or WebSocket: the service, the caller, errors as JSON."""
 
+    identity: Identity | None = None
+    _through_door = False
+
     @property
     def service(self) -> "Service":
         return self.settings["service"]
@@ -150,12 +159,74 @@ class ServiceHandler(web.RequestHandler):
         return self.service.engine
 
     async def authenticate(self) -> Identity:
-        """The caller's identity from the request's credential, or ``Unauthorized``."""
-        return await self.service.authenticator.authenticate(self.request)
+        """The caller's identity from the request's credential, or ``Unauthorized``.
+
+        Checking the token runs in the credential's admission lane (the authenticator
+        submits to the pool with the current context's ``LANE``); afterwards this request's
+        work, ``blocking`` or submitted by anything else it calls, runs in its tenant's lane.
+        """
+        turn = LANE.set(admission_lane(self.request.headers.get("Authorization", "")))
+        try:
+            identity = await self.service.authenticator.authenticate(self.request)
+        finally:
+            LANE.reset(turn)
+        self.identity = identity
+        LANE.set(tenant_lane(identity.tenant))     # this request's task only (asyncio copies contexts)
+        return identity
+
+    def lane(self) -> Lane:
+        """Whose turn this request's blocking work waits for: its tenant's, or before that its credential's."""
+        if self.identity is not None:
+            return tenant_lane(self.identity.tenant)
+        return admission_lane(self.request.headers.get("Authorization", ""))
 
     async def blocking(self, fn, *args):
-        """Run a call that may wait on the engine's batch loop, off the IOLoop."""
-        return await asyncio.get_running_loop().run_in_executor(self.service.executor, fn, *args)
+        """Run ``fn(*args)`` (it may wait on the batch loop, the database, a tokenizer) on a request thread.
+
+        The call waits its lane's turn, so another tenant's flood never holds it up by more
+        than one call per busy lane. The request's first call is its door (see ``_admit``).
+        """
+        lane = self.lane()
+        if not self._through_door:
+            self._through_door = True
+            if self.identity is not None:
+                self._admit(self.identity.tenant, lane)
+        pool = self.service.executor
+        return await asyncio.wrap_future(pool.submit_to(lane, fn, *args, gone=self._client_gone))
+
+    def _admit(self, tenant: str, lane: Lane) -> None:
+        """429 at the door, before taking a thread, when the tenant's work in flight is at its limit.
+
+        Counted: its blocking calls queued or running (``pending``) and its running
+        generations (the engine counts those). Only the first call of a request is checked,
+        so a request once admitted is never refused half done.
+        """
+        # The registry is the loop's, but reading one entry of a dict is safe from here; a tenant
+        # not yet resolved has no quota yet (its first call resolves it) and is still held to
+        # its share of the threads.
+        t = self.engine.tenants.get(tenant)
+        limit = t.quota.max_concurrent_requests if t is not None else None
+        if limit is None:
+            return
+        waiting, generating = self.service.executor.pending(lane), t.active_requests
+        if waiting + generating >= limit:
+            raise QuotaExceeded("max_concurrent_requests", limit,
+                                f"you already have {waiting + generating} requests in flight ({generating} "
+                                f"generating, {waiting} waiting for the engine), your max_concurrent_requests "
+                                f"limit {limit}; wait for one to finish")
+
+    def _client_gone(self) -> bool:
+        # Called on a request thread just before the call starts: a plain read of the
+        # stream's closed flag (tornado notices a closed connection when it next reads or writes).
+        stream = getattr(self.request.connection, "stream", None)
+        return stream is not None and stream.closed()
+
+    def release(self, fn, *args) -> None:
+        """Run cleanup that frees engine resources (cancelling a generation) on the service's own lane.
+
+        Never in the tenant's lane: a cancel must not wait behind the very flood it would relieve.
+        """
+        self.service.executor.submit_to(SERVICE_LANE, fn, *args)
 
     def write_error(self, status_code: int, **kwargs) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -206,7 +277,6 @@ class APIHandler(ServiceHandler):
     public = False          # True: no credential needed (status, spec)
     admin_only = False      # True: 403 unless the identity is an admin
 
-    identity: Identity | None = None
     _refusal: PotluckError | None = None
 
     def __init_subclass__(cls, **kwargs):
