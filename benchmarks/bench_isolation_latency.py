@@ -349,17 +349,22 @@ async def flood_scenario(http: Http, meter: Meter, kind: str, args, prompts: Pro
         raise RuntimeError(f"the {kind} flood failed: {failed[0]}")
     await wait_idle(http, tokens, heavy)
 
-    def mean_of(kind_: str, key: str, who: str | None = None) -> float:
-        ws = [w for w in windows if w["kind"] == kind_]
-        total = sum(w["wall_s"] for w in ws)
-        return sum((w["tokens_per_s"][who] if who else w[key]) * w["wall_s"] for w in ws) / total
-    alone, beside = mean_of("flood_alone", "", heavy), mean_of("light", "", heavy)
+    def rate(window_kind: str, get) -> float:
+        """A rate over all windows of a kind, weighted by their lengths."""
+        ws = [w for w in windows if w["kind"] == window_kind]
+        return sum(get(w) * w["wall_s"] for w in ws) / sum(w["wall_s"] for w in ws)
+
+    def flood(w):
+        return w["tokens_per_s"][heavy]
+
+    def engine(w):
+        return w["engine_tokens_per_s"]
+    alone, beside = rate("flood_alone", flood), rate("light", flood)
     me = await http.json("GET", "/api/me", tokens[light])
     return {"light": light_summary(reqs), "light_engine_side": me.get("latency"),
             "flood_tokens_per_s": {"alone": alone, "beside_light": beside},
             "flood_kept": beside / alone if alone else None,
-            "engine_tokens_per_s": {"flood_alone": mean_of("flood_alone", "engine_tokens_per_s"),
-                                    "beside_light": mean_of("light", "engine_tokens_per_s")},
+            "engine_tokens_per_s": {"flood_alone": rate("flood_alone", engine), "beside_light": rate("light", engine)},
             "flood_requests_done": stats["requests"], "flood_errors": stats["errors"][:10],
             "flood_error_count": len(stats["errors"]),
             "flood_prompt_tokens_mean": (sum(stats["prompt_tokens"]) / len(stats["prompt_tokens"])
@@ -429,10 +434,9 @@ async def _policy(name: str, proc: EngineProcess, tokens: dict, floods: list[str
     reqs: list[dict] = []
     w = await light_window(http, meter, tokens["light-alone"], args.seconds, ["light-alone"], reqs)
     alone = light_summary(reqs)
-    out = {"flags": list(flags), "engine": {k: status.get(k) for k in ("model", "device", "profile", "scheduler",
-                                                                     "kv")}, "alone": {"light": alone, "window": w,
-           "light_engine_side": (await http.json("GET", "/api/me", tokens["light-alone"])).get("latency")},
-           "floods": {}}
+    me = await http.json("GET", "/api/me", tokens["light-alone"])
+    out = {"flags": list(flags), "engine": {k: status.get(k) for k in ("model", "device", "profile", "scheduler", "kv")},
+           "alone": {"light": alone, "window": w, "light_engine_side": me.get("latency")}, "floods": {}}
     log(f"[{name}] light alone: {alone['n']} requests, e2e p50 {ms(alone['e2e']['p50_s'])} p99 "
         f"{ms(alone['e2e']['p99_s'])} ms, TTFT p50 {ms(alone['ttft']['p50_s'])} ms, TBT p50 "
         f"{ms(alone['tbt']['p50_s'])} ms")
