@@ -435,7 +435,8 @@ async def _policy(name: str, proc: EngineProcess, tokens: dict, floods: list[str
     w = await light_window(http, meter, tokens["light-alone"], args.seconds, ["light-alone"], reqs)
     alone = light_summary(reqs)
     me = await http.json("GET", "/api/me", tokens["light-alone"])
-    out = {"flags": list(flags), "engine": {k: status.get(k) for k in ("model", "device", "profile", "scheduler", "kv")},
+    out = {"flags": list(flags),
+           "engine": {k: status.get(k) for k in ("model", "device", "profile", "scheduler", "kv")},
            "alone": {"light": alone, "window": w, "light_engine_side": me.get("latency")}, "floods": {}}
     log(f"[{name}] light alone: {alone['n']} requests, e2e p50 {ms(alone['e2e']['p50_s'])} p99 "
         f"{ms(alone['e2e']['p99_s'])} ms, TTFT p50 {ms(alone['ttft']['p50_s'])} ms, TBT p50 "
