@@ -63,13 +63,13 @@ class EngineMetrics:
                                         "The step composer's cost-model prediction of each step's time",
                                         buckets=_STEP_BUCKETS, registry=r)
         self.step_target = Histogram("potluck_step_target_seconds",
-                                     "The latency target of steps that carried latency-sensitive work",
+                                     "The latency target of steps held to one",
                                      buckets=_STEP_BUCKETS, registry=r)
         self.step_ratio = Histogram("potluck_step_measured_to_predicted_ratio",
                                     "Measured over predicted step time (near 1: the cost model is calibrated)",
                                     buckets=_RATIO_BUCKETS, registry=r)
         self.steps_limited = Counter("potluck_steps_latency_limited",
-                                     "Steps composed against a latency target (they carried latency-sensitive work)",
+                                     "Steps held to a latency target (latency-sensitive work in them or just before)",
                                      registry=r)
         self.steps_over_target = Counter("potluck_steps_over_target",
                                          "Latency-limited steps whose measured time passed their target",
