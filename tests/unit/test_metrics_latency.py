@@ -105,7 +105,7 @@ def test_step_predictions_targets_and_latency_limited_steps_match_what_the_compo
     assert value(metrics, "potluck_step_seconds_count") == len(steps)
 
 
-def test_steps_without_latency_sensitive_work_are_not_counted_as_limited(engine):
+def test_only_steps_held_to_a_target_count_as_latency_limited_and_over_target_is_measured_past_it(engine):
     metrics = EngineMetrics(engine)
     metrics.on_step({"seqs": 1, "tokens": 256, "seconds": 0.5, "usage": {}, "predicted_seconds": 0.4,
                      "target_seconds": None})
