@@ -397,7 +397,7 @@ def run_policy(name: str, flags: tuple, floods: list[str], args, prompts: Prompt
         log(f"[{name}] engine ready in {time.perf_counter() - t0:.0f}s ({' '.join(flags) or 'defaults'}): "
             f"profile {status['profile']['name']}, budget {status['profile']['batch_token_budget']} tokens, "
             f"{status['kv']['total_pages']} KV pages, scheduler {status['scheduler']}")
-        return asyncio.run(_policy(name, proc, tokens, floods, args, prompts, status))
+        return asyncio.run(_policy(name, flags, proc, tokens, floods, args, prompts, status))
     finally:
         code = proc.stop()
         if code != 0:
@@ -408,7 +408,7 @@ def run_policy(name: str, flags: tuple, floods: list[str], args, prompts: Prompt
             shutil.rmtree(data_dir, ignore_errors=True)
 
 
-async def _policy(name: str, proc: EngineProcess, tokens: dict, floods: list[str], args, prompts: Prompts,
+async def _policy(name: str, flags: tuple, proc: EngineProcess, tokens: dict, floods: list[str], args, prompts: Prompts,
                   status: dict) -> dict:
     http = Http(proc.url)
     meter = Meter(http, proc.url, tokens)
@@ -421,6 +421,7 @@ async def _policy(name: str, proc: EngineProcess, tokens: dict, floods: list[str
                                      for b in burst))
     if any(code != 200 for code, _ in answers):
         raise RuntimeError(f"[{name}] a warm-up request failed: {[a for a in answers if a[0] != 200][0]}")
+    t1 = time.perf_counter()
     if "inferlet" in floods:
         warm_args = prompts.inferlet_args(10_000, 1) | {"forks": 2, "max_tokens": 4}
         rid = (await http.json("POST", "/api/runs", tokens["warm"], {"source": INFERLET_SRC, "args": warm_args},
@@ -429,7 +430,8 @@ async def _policy(name: str, proc: EngineProcess, tokens: dict, floods: list[str
             await asyncio.sleep(0.25)
         if run["state"] != "finished":
             raise RuntimeError(f"[{name}] the warm-up inferlet run {run['state']}: {run.get('error')}")
-    log(f"[{name}] warm-up {time.perf_counter() - t0:.0f}s")
+    log(f"[{name}] warm-up {time.perf_counter() - t0:.0f}s (requests {t1 - t0:.0f}s, inferlet "
+        f"{time.perf_counter() - t1:.0f}s)")
 
     reqs: list[dict] = []
     w = await light_window(http, meter, tokens["light-alone"], args.seconds, ["light-alone"], reqs)
