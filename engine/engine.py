@@ -402,7 +402,8 @@ class Engine:
         out = []
         for name in sorted(set(live) | set(overrides) | set(totals)):
             r = live.get(name) or {"name": name, "groups": None, "is_admin": None, "quota": None,
-                                   "quota_source": None, "usage": None, "kv_pages": 0}
+                                   "quota_source": None, "usage": None, "kv_pages": 0,
+                                   "latency": None}
             r["live"] = name in live
             r["override"] = overrides.get(name)
             r["usage_total"] = totals.get(name)
