@@ -94,9 +94,9 @@ def test_a_tenant_at_max_concurrent_requests_is_refused_at_the_door_until_one_en
         s = session.post("/api/generate", json={"prompt": "Count:", "max_tokens": 1000, "ignore_eos": True,
                                                 "stream": True}, stream=True)
         assert s.status_code == 200, s.text
-        lines = s.iter_lines()
+        lines = s.iter_lines()      # kept: dropping a half-read line iterator closes the connection
         assert any(line.startswith(b"event: token") for line in lines)    # it is generating
-        streams.append((session, s))
+        streams.append((session, s, lines))
     # ... so the next request, of any kind, is refused before it takes a thread.
     for method, path, body in [("PUT", "/api/contexts/fair-limited", {"prompt": PROMPT}), ("GET", "/api/me", None)]:
         r = client.request(method, path, json=body)
@@ -108,7 +108,7 @@ def test_a_tenant_at_max_concurrent_requests_is_refused_at_the_door_until_one_en
     # Another tenant is not affected.
     assert engine_proc.client("fair-bystander").get("/api/me").status_code == 200
 
-    for session, s in streams:
+    for session, s, _ in streams:
         s.close()                  # the clients hang up: the generations are cancelled, the count drops
         session.close()
     for _ in range(GUARD):
