@@ -316,6 +316,10 @@ class Engine:
         self.contexts.add_tenant(name)
         return self.tenants.resolve(name, groups, is_admin)
 
+    def known_tenant(self, name: str) -> Tenant | None:
+        """A tenant already resolved, without waiting for the loop (a read of one registry entry)."""
+        return self.tenants.get(name)
+
     def _tenant_obj(self, tenant: Tenant | str) -> Tenant:
         if isinstance(tenant, Tenant):
             return tenant

@@ -201,10 +201,9 @@ class ServiceHandler(web.RequestHandler):
         generations (the engine counts those). Only the first call of a request is checked,
         so a request once admitted is never refused half done.
         """
-        # The registry is the loop's, but reading one entry of a dict is safe from here; a tenant
-        # not yet resolved has no quota yet (its first call resolves it) and is still held to
-        # its share of the threads.
-        t = self.engine.tenants.get(tenant)
+        # A tenant not yet resolved has no quota yet (its first call resolves it) and is still
+        # held to its share of the threads.
+        t = self.engine.known_tenant(tenant)
         limit = t.quota.max_concurrent_requests if t is not None else None
         if limit is None:
             return

@@ -33,7 +33,7 @@ class ContextHandler(APIHandler):
         check_saved_name(name)
         t = await self.tenant()
         tokens = await self.blocking(self.engine.saved_tokens, t.name, name)
-        text = self.engine.decode(tokens, skip_special_tokens=False)
+        text = await self.blocking(lambda: self.engine.decode(tokens, skip_special_tokens=False))
         self.write_json({"name": name, "n_tokens": len(tokens), "text": text})
 
     async def put(self, name: str) -> None:

@@ -271,7 +271,8 @@ class CompletionsHandler(_OpenAIHandler):
         include_usage = bool(p.get("stream_options", {}).get("include_usage"))
         echo = ""
         if p.get("echo"):
-            echo = prompt if prompt is not None else self.engine.decode(tokens, skip_special_tokens=False)
+            echo = prompt if prompt is not None else await self.blocking(
+                lambda: self.engine.decode(tokens, skip_special_tokens=False))
         lp = {"tokens": [], "token_logprobs": [], "top_logprobs": [] if p.get("logprobs") else None,
               "text_offset": []}
         offset = len(echo)

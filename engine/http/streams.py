@@ -137,9 +137,10 @@ class GenerationHandler(APIHandler):
     def cancel_generation(self) -> None:
         g = self.generation
         if g is not None and not g.done:
-            self.service.executor.submit(g.cancel)   # cancel waits on the batch loop: not on the IOLoop
+            self.release(g.cancel)   # waits on the batch loop: never on the IOLoop, never behind my own flood
 
     def on_connection_close(self) -> None:
+        super().on_connection_close()
         self.client_gone = True
         self.cancel_generation()
 
