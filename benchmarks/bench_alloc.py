@@ -64,6 +64,7 @@ def measure(n: int, new_tokens: int, prompt_tokens: int) -> dict:
         pymalloc = {AllocatorType.PYMALLOC_MALLOC, AllocatorType.PYMALLOC_CALLOC, AllocatorType.PYMALLOC_REALLOC}
         total = ours = 0
         by_line: dict[str, int] = {}
+        by_file: dict[str, int] = {}
         for rec in FileReader(path).get_allocation_records():
             if rec.allocator in frees:
                 continue
@@ -73,11 +74,19 @@ def measure(n: int, new_tokens: int, prompt_tokens: int) -> dict:
                 ours += 1
                 key = f"{Path(stack[0][1]).name}:{stack[0][0]}"
                 by_line[key] = by_line.get(key, 0) + 1
+                by_file[Path(stack[0][1]).name] = by_file.get(Path(stack[0][1]).name, 0) + 1
     top = dict(sorted(by_line.items(), key=lambda kv: -kv[1])[:12])
+    # The forward itself (runner, sampling, the page pool's tensors) is one room; everything else is the
+    # request path this restructure changed: scheduling, feeding, detokenizing, accounting.
+    forward = {"model_runner.py", "sampling.py", "pages.py", "kv.py"}
+    request_path = sum(n for f, n in by_file.items() if f not in forward)
     return {"n": n, "new_tokens": new_tokens, "decode_tokens": tokens, "seconds_under_memray": round(seconds, 2),
             "allocations_total": total, "allocations_engine_code": ours,
             "per_decode_token_total": round(total / tokens, 1),
-            "per_decode_token_engine_code": round(ours / tokens, 2), "engine_code_top": top,
+            "per_decode_token_engine_code": round(ours / tokens, 2),
+            "per_decode_token_request_path": round(request_path / tokens, 2),
+            "engine_code_by_file": {f: round(n / tokens, 2) for f, n in sorted(by_file.items(), key=lambda kv: -kv[1])},
+            "engine_code_top": top,
             "engine_dir": engine_dir}
 
 
@@ -91,7 +100,8 @@ def run_version(label: str, pythonpath: str | None, args) -> dict:
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, cwd=ROOT / "benchmarks")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     log(f"{label}: {result['per_decode_token_total']} allocations per decode token in all, "
-        f"{result['per_decode_token_engine_code']} Python allocations from the engine's own code")
+        f"{result['per_decode_token_engine_code']} Python allocations from the engine's own code, "
+        f"{result['per_decode_token_request_path']} of them outside the forward (scheduling, feeding, text, accounting)")
     return result
 
 
@@ -133,9 +143,10 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         labels = list(versions)
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.5))
         for ax, key, title in ((axes[0], "per_decode_token_total", "all allocations / decode token"),
-                               (axes[1], "per_decode_token_engine_code", "engine code's allocations / decode token")):
+                               (axes[1], "per_decode_token_engine_code", "engine code (Python) / decode token"),
+                               (axes[2], "per_decode_token_request_path", "request path (Python) / decode token")):
             ax.bar(labels, [versions[v][key] for v in labels], color=["#999", "#3a7"][-len(labels):])
             ax.set_title(title, fontsize=10)
         fig.suptitle(f"N={args.n} greedy generations x {args.new_tokens} tokens, default model", fontsize=10)

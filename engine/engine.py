@@ -119,7 +119,11 @@ class Engine:
         return list(out["input_ids"])
 
     def decode(self, tokens: list[int], *, skip_special_tokens: bool = True) -> str:
-        return self.rt.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
+        return self.rt.tokenizer.decode(tokens, skip_special_tokens)
+
+    def _stream_text(self, tokens: list[int]) -> str:
+        # What generations stream (special tokens hidden); called twice per token, so no keyword dict.
+        return self.rt.tokenizer.decode(tokens, True)
 
     def model_info(self) -> dict:
         return {"name": self.model_name, "vocab_size": self.vocab_size, "max_context": self.max_context,
@@ -171,7 +175,7 @@ class Engine:
             seq = Sequence(t.name, self.pool.new_context(next(self._ids), t.name), prio, None)
             seq.use_sampler(sampler, self.contexts.device)
             g = Generation(self.loop, next(self._ids), seq, ids, max_tokens, self.max_context, stop, stop_ids,
-                           self.decode, self._generation_ended)
+                           self._stream_text, self._generation_ended)
             if listener is not None:
                 g._listeners.append(listener)
             t.active_requests += 1

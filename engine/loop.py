@@ -288,7 +288,9 @@ class BatchLoop:
             self.rt.pool.commit(seq.ctx, chunk.tokens)
             seq.fed += n
             ntok += n
-            u = usage.setdefault(seq.tenant, [0, 0])
+            u = usage.get(seq.tenant)
+            if u is None:
+                u = usage[seq.tenant] = [0, 0]
             if not seq.decode:
                 u[0] += n
             if res is not None:
