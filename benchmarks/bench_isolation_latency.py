@@ -183,8 +183,12 @@ class Prompts:
 
 
 # --------------------------------------------------------------- clients
-async def light_client(http: Http, token: str, stop: asyncio.Event, out: list[dict]) -> None:
-    """One request after another until ``stop``; each one's client-side timings."""
+async def light_client(http: Http, token: str, stop: asyncio.Event, out: list[dict], give_up: float) -> None:
+    """One request after another until ``stop``; each one's client-side timings.
+
+    A request still going after ``give_up`` seconds (FCFS behind a prefill flood on a busy CPU can
+    take minutes) is closed and kept as ``unfinished``, its times as lower bounds, and the client stops.
+    """
     while not stop.is_set():
         rec: dict = {"times": [], "done": None, "error": None}
 
@@ -196,13 +200,22 @@ async def light_client(http: Http, token: str, stop: asyncio.Event, out: list[di
             elif event == "error":
                 rec["error"] = data
         t_send = time.perf_counter()
-        status, raw = await http.request("POST", "/api/generate", token, LIGHT_BODY, on_event)
+        try:
+            status, raw = await asyncio.wait_for(http.request("POST", "/api/generate", token, LIGHT_BODY, on_event),
+                                                 give_up)
+        except asyncio.TimeoutError:
+            status, raw = None, b""
         t_end = time.perf_counter()
         ts = rec["times"]
-        if status != 200 or rec["done"] is None or not ts:
+        unfinished = status is None
+        if not unfinished and (status != 200 or rec["done"] is None or not ts):
             raise RuntimeError(f"a light request failed: status {status}, error {rec['error']}, body {raw[:300]!r}")
-        out.append({"e2e_s": t_end - t_send, "ttft_s": ts[0] - t_send, "tbt_s": [b - a for a, b in zip(ts, ts[1:])],
-                    "tokens": len(ts), "cached_tokens": rec["done"]["usage"].get("cached_tokens")})
+        out.append({"e2e_s": t_end - t_send, "ttft_s": (ts[0] if ts else t_end) - t_send,
+                    "tbt_s": [b - a for a, b in zip(ts, ts[1:])], "tokens": len(ts), "unfinished": unfinished,
+                    "cached_tokens": rec["done"]["usage"].get("cached_tokens") if rec["done"] else None})
+        if unfinished:
+            log(f"a light request was still going after {give_up:.0f}s: closed, kept as unfinished")
+            return
 
 
 async def stream_client(http: Http, token: str, bodies, stats: dict) -> None:
@@ -259,6 +272,7 @@ def light_summary(reqs: list[dict]) -> dict:
     return {"n": len(reqs), "e2e": pcts([r["e2e_s"] for r in reqs]), "ttft": pcts([r["ttft_s"] for r in reqs]),
             "tbt": pcts([x for r in reqs for x in r["tbt_s"]]),
             "cached_tokens": sum(r["cached_tokens"] or 0 for r in reqs),
+            "unfinished": sum(r["unfinished"] for r in reqs),
             "e2e_all_s": [round(r["e2e_s"], 4) for r in reqs]}
 
 
@@ -294,11 +308,11 @@ class Meter:
 
 
 async def light_window(http: Http, meter: Meter, token: str, seconds: float, tenants: list[str],
-                       reqs: list[dict]) -> dict:
+                       reqs: list[dict], give_up: float) -> dict:
     """The light tenant for ``seconds`` (its last request is waited for, inside the window)."""
     a = await meter.snap(tenants)
     stop = asyncio.Event()
-    task = asyncio.create_task(light_client(http, token, stop, reqs))
+    task = asyncio.create_task(light_client(http, token, stop, reqs, give_up))
     await asyncio.sleep(seconds)
     stop.set()
     await task
@@ -335,7 +349,7 @@ async def flood_scenario(http: Http, meter: Meter, kind: str, args, prompts: Pro
             await asyncio.sleep(args.seconds / 2 / args.cycles)
             windows.append({"kind": "flood_alone", **Meter.delta(a, await meter.snap([heavy, light]))})
             windows.append(await light_window(http, meter, tokens[light], args.seconds / args.cycles,
-                                              [heavy, light], reqs))
+                                              [heavy, light], reqs, args.light_timeout))
             if any(t.done() and t.exception() for t in tasks):
                 break
     finally:
@@ -434,7 +448,8 @@ async def _policy(name: str, flags: tuple, proc: EngineProcess, tokens: dict, fl
         f"{time.perf_counter() - t1:.0f}s)")
 
     reqs: list[dict] = []
-    w = await light_window(http, meter, tokens["light-alone"], args.seconds, ["light-alone"], reqs)
+    w = await light_window(http, meter, tokens["light-alone"], args.seconds, ["light-alone"], reqs,
+                           args.light_timeout)
     alone = light_summary(reqs)
     me = await http.json("GET", "/api/me", tokens["light-alone"])
     out = {"flags": list(flags),
@@ -463,7 +478,7 @@ async def _policy(name: str, flags: tuple, proc: EngineProcess, tokens: dict, fl
 async def light_client_n(http: Http, token: str, n: int) -> None:
     reqs: list[dict] = []
     stop = asyncio.Event()
-    task = asyncio.create_task(light_client(http, token, stop, reqs))
+    task = asyncio.create_task(light_client(http, token, stop, reqs, 600))
     while len(reqs) < n - 1 and not task.done():
         await asyncio.sleep(0.05)
     stop.set()
@@ -577,6 +592,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-like", choices=("prefill", "decode"), default="prefill",
                     help="the batch-priority flood's requests")
     ap.add_argument("--inferlet-runs", type=int, default=3, help="runs at once in the inferlet flood (max_runs 4)")
+    ap.add_argument("--light-timeout", type=float, default=180,
+                    help="a light request still going after this many seconds is closed and kept as unfinished")
     ap.add_argument("--kv-pages", type=int, default=2048,
                     help="KV pool (the prefill flood holds ~1,450 pages of 16); 0: sized from the profile")
     ap.add_argument("--quick", action="store_true", help="smoke run: --seconds 4 --cycles 1, one factor (3)")
@@ -629,7 +646,8 @@ def main(argv=None) -> int:
             "decode_flood": {"new_tokens": DECODE_NEW}, "batch_flood_like": args.batch_like,
             "inferlet_flood": {"runs_at_once": args.inferlet_runs, "forks": 16, "rounds_per_run": 3,
                                "max_tokens": 32, "source": INFERLET_SRC},
-            "seconds": args.seconds, "cycles": args.cycles, "kv_pages": args.kv_pages, "quick": args.quick,
+            "seconds": args.seconds, "cycles": args.cycles, "light_timeout_s": args.light_timeout,
+            "kv_pages": args.kv_pages, "quick": args.quick,
             "flood_tokens_per_s": "the flood tenant's prefill + decode tokens through the model (its /api/me "
                                   "usage) per second, over the flood-alone vs the flood+light windows",
             "latency": "client-side: e2e = POST to end of stream; TTFT = POST to first token event; TBT = "
