@@ -206,7 +206,7 @@ def test_shutdown_cancels_what_waits_and_ends_every_thread(pools):
 # ------------------------------------------------------------ the door
 def _door(limit: int | None, generating: int, waiting: int):
     tenant = SimpleNamespace(quota=SimpleNamespace(max_concurrent_requests=limit), active_requests=generating)
-    return SimpleNamespace(engine=SimpleNamespace(tenants={"alice": tenant}),
+    return SimpleNamespace(engine=SimpleNamespace(known_tenant={"alice": tenant}.get),
                            service=SimpleNamespace(executor=SimpleNamespace(pending=lambda lane: waiting)))
 
 
