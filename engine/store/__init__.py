@@ -4,6 +4,7 @@ The store owns, in one SQL database (``db_url``, SQLite by default, PostgreSQL f
 one module per concern:
 
 - ``quotas``: per-user quota overrides set through the admin API,
+- ``groups``: each Hub group's last good ``potluck`` quota (kept when the Hub's value is unreadable),
 - ``usage``: the usage rows (per tenant and hour: prefill and decode tokens, page-seconds,
   fuel, requests) and the ``UsageLedger`` that fills them off the hot path,
 - ``audit``: the audit log of submissions and admin actions,
@@ -33,6 +34,7 @@ from __future__ import annotations
 from .audit import AuditLog
 from .contexts import SavedContexts
 from .db import Database
+from .groups import GroupQuotas
 from .keyvalue import MAX_VALUE_BYTES, TenantValues
 from .quotas import QuotaOverrides
 from .runs import RunHistory
@@ -41,6 +43,7 @@ from .tables import (
     NAME_CHARS,
     AuditEntry,
     Base,
+    GroupQuotaRow,
     KeyValueRow,
     QuotaOverride,
     RunRecord,
@@ -55,11 +58,11 @@ from .usage import USAGE_FIELDS, UsageLedger, UsageRows
 __all__ = [
     "Store", "UsageLedger", "Database", "USAGE_FIELDS", "NAME_CHARS", "MAX_KEY_CHARS", "MAX_VALUE_BYTES",
     "Base", "UTCDateTime", "QuotaOverride", "UsageRow", "AuditEntry", "KeyValueRow", "TokenRecord",
-    "SavedContextRow", "RunRecord",
+    "SavedContextRow", "RunRecord", "GroupQuotaRow",
 ]
 
 
-class Store(QuotaOverrides, UsageRows, AuditLog, TenantValues, ApiTokens, SavedContexts, RunHistory):
+class Store(QuotaOverrides, GroupQuotas, UsageRows, AuditLog, TenantValues, ApiTokens, SavedContexts, RunHistory):
     """The engine's database. One per engine; share it between threads."""
 
     def __init__(self, db_url: str, *, kv_max_value_bytes: int = MAX_VALUE_BYTES) -> None:

@@ -140,3 +140,13 @@ class RunRecord(Base):
     error: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     events: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class GroupQuotaRow(Base):
+    """A Hub group's last ``potluck`` quota the engine could read (see ``groups.py``)."""
+
+    __tablename__ = "group_quotas"
+
+    group: Mapped[str] = mapped_column(String(NAME_CHARS), primary_key=True)
+    fields: Mapped[dict[str, Any]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
