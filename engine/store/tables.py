@@ -150,3 +150,17 @@ class GroupQuotaRow(Base):
     group: Mapped[str] = mapped_column(String(NAME_CHARS), primary_key=True)
     fields: Mapped[dict[str, Any]] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UsageMinuteRow(Base):
+    """The amounts of ``UsageRow`` per tenant and UTC minute: the recent usage history (pruned)."""
+
+    __tablename__ = "usage_minutes"
+
+    tenant: Mapped[str] = mapped_column(String(NAME_CHARS), primary_key=True)
+    minute: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True, index=True)
+    prefill_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    decode_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    page_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    fuel: Mapped[int] = mapped_column(BigInteger, default=0)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
