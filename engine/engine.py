@@ -171,11 +171,12 @@ class Engine:
 
         def start() -> Generation:
             t.check_model(self.model_name)
-            t.check_request(len(ids), max_tokens)
+            allowed = t.check_request(len(ids), max_tokens)     # clipped to the token rates' room
             seq = Sequence(t.name, self.pool.new_context(next(self._ids), t.name), prio, None)
             seq.use_sampler(sampler, self.contexts.device)
-            g = Generation(self.loop, next(self._ids), seq, ids, max_tokens, self.max_context, stop, stop_ids,
+            g = Generation(self.loop, next(self._ids), seq, ids, allowed, self.max_context, stop, stop_ids,
                            self._stream_text, self._generation_ended)
+            t.reserve(g.id, len(ids) + allowed, lambda: len(g.tokens))
             if listener is not None:
                 g._listeners.append(listener)
             t.active_requests += 1
@@ -188,7 +189,7 @@ class Engine:
 
     def _generation_ended(self, g: Generation) -> None:
         self.pool.drop(g.seq.ctx)
-        self.tenants.request_finished(g.tenant)
+        self.tenants.request_finished(g.tenant, g.id)
         self._generations.pop(g.id, None)
         for fn in self.generation_listeners:
             try:

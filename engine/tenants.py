@@ -26,21 +26,33 @@ from .errors import BadRequest, QuotaExceeded, RequestTooLarge
 from .scheduler import PRIORITIES
 
 
+def _limit(default, maximum):
+    """A quota field's default and the largest value an admin may set (bigger is refused, never clipped)."""
+    return field(default=default, metadata={"max": maximum})
+
+
 @dataclass(frozen=True)
 class Quota:
-    weight: float = 1.0                       # share of the accelerator relative to others
-    priority: str = "interactive"             # "interactive" or "batch"
-    kv_pages: int | None = 4096               # hard cap on KV pages held (None: no cap)
-    kv_pages_soft: int | None = None          # share kept on the device before swapping (None: equal share)
-    max_runs: int | None = 4                  # concurrent inferlet runs
-    max_concurrent_requests: int | None = 32  # concurrent generation requests
-    tokens_per_minute: int | None = None
-    tokens_per_day: int | None = None
-    max_tokens_per_request: int | None = 4096
-    fuel_per_run: int | None = 20_000_000_000
-    max_run_seconds: float | None = 600.0
-    memory_mb_per_run: int | None = 256
+    """A tenant's limits. Each field is declared once here: its type and maximum drive validation."""
+
+    weight: float = _limit(1.0, 1e6)                          # share of the accelerator relative to others
+    priority: str = "interactive"                             # "interactive" or "batch"
+    kv_pages: int | None = _limit(4096, 1 << 31)             # hard cap on KV pages held (None: no cap)
+    kv_pages_soft: int | None = _limit(None, 1 << 31)        # share kept on the device before swapping
+    max_runs: int | None = _limit(4, 10_000)                 # concurrent inferlet runs
+    max_concurrent_requests: int | None = _limit(32, 100_000)  # concurrent generation requests
+    tokens_per_minute: int | None = _limit(None, 10**12)
+    tokens_per_day: int | None = _limit(None, 10**15)
+    max_tokens_per_request: int | None = _limit(4096, 10**9)
+    fuel_per_run: int | None = _limit(20_000_000_000, 1 << 62)   # wasmtime's fuel is a u64
+    max_run_seconds: float | None = _limit(600.0, 30 * 86400.0)
+    memory_mb_per_run: int | None = _limit(256, 4096)         # wasm32 memory ends at 4 GiB
     models: tuple[str, ...] = ("*",)
+    # What a tenant can make the engine hold besides KV pages (issue 15: every byte counts somewhere).
+    run_output_bytes: int | None = _limit(1 << 20, 1 << 30)   # what one run prints, sends and publishes
+    run_history_bytes: int | None = _limit(8 << 20, 1 << 34)  # ended runs' events kept in memory, all together
+    kv_store_bytes: int | None = _limit(16 << 20, 1 << 40)    # keys + values in the key-value store
+    saved_contexts: int | None = _limit(256, 1_000_000)       # named saved contexts
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -49,6 +61,7 @@ class Quota:
 
 
 QUOTA_FIELDS = {f.name: f for f in dataclasses.fields(Quota)}
+QUOTA_MAX = {f.name: f.metadata["max"] for f in QUOTA_FIELDS.values() if "max" in f.metadata}
 
 
 def _fields_typed(kind: str) -> set[str]:
@@ -60,8 +73,19 @@ _INT_FIELDS = _fields_typed("int")
 _FLOAT_FIELDS = _fields_typed("float")
 
 
+def _too_big(where: str, name: str, value) -> BadRequest:
+    top = QUOTA_MAX[name]
+    shown = int(top) if isinstance(top, float) and top.is_integer() else top
+    return BadRequest(f"{where}: {name} is at most {shown}, got {value!r}", code="invalid_quota", param=name,
+                      maximum=top)
+
+
 def validate_quota_fields(fields: dict, *, where: str = "quota") -> dict:
-    """Check a partial quota (an override or a group's properties); return it normalised."""
+    """Check a partial quota (an override or a group's properties); return it normalised.
+
+    Numbers are bounded by each field's declared maximum: a value past it is refused (never
+    clipped), so an admin's typo cannot turn into "unlimited" or overflow a limit downstream.
+    """
     if not isinstance(fields, dict):
         raise BadRequest(f"{where} must be a JSON object of quota fields", code="invalid_quota")
     out = {}
@@ -72,20 +96,26 @@ def validate_quota_fields(fields: dict, *, where: str = "quota") -> dict:
         if name in _INT_FIELDS:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise BadRequest(f"{where}: {name} must be a non-negative integer or null (no limit), got {value!r}",
-                                 code="invalid_quota")
+                                 code="invalid_quota", param=name)
+            if value is not None and value > QUOTA_MAX[name]:
+                raise _too_big(where, name, value)
         elif name in _FLOAT_FIELDS:
             ok = value is None and name != "weight"
             ok = ok or (isinstance(value, (int, float)) and not isinstance(value, bool)
                         and math.isfinite(value) and value > 0)
             if not ok:
-                raise BadRequest(f"{where}: {name} must be a positive number, got {value!r}", code="invalid_quota")
+                raise BadRequest(f"{where}: {name} must be a positive number, got {value!r}", code="invalid_quota",
+                                 param=name)
+            if value is not None and value > QUOTA_MAX[name]:
+                raise _too_big(where, name, value)
         elif name == "priority":
             if value not in PRIORITIES:
                 raise BadRequest(f"{where}: priority must be one of {sorted(PRIORITIES)}, got {value!r}",
-                                 code="invalid_quota")
+                                 code="invalid_quota", param=name)
         elif name == "models":
             if not isinstance(value, (list, tuple)) or not all(isinstance(m, str) for m in value):
-                raise BadRequest(f"{where}: models must be a list of model names (or ['*'])", code="invalid_quota")
+                raise BadRequest(f"{where}: models must be a list of model names (or ['*'])", code="invalid_quota",
+                                 param=name)
             value = tuple(value)
         out[name] = value
     return out
@@ -175,6 +205,8 @@ class Tenant:
     decode_tokens: int = 0
     page_seconds: float = 0.0
     fuel: int = 0
+    # Tokens promised to running generations: {generation id: (prompt + max_tokens, tokens it has made)}.
+    reservations: dict[int, tuple[int, Callable[[], int]]] = field(default_factory=dict)
 
     @property
     def priority(self) -> int:
@@ -187,7 +219,16 @@ class Tenant:
                                 f"your quota does not include model {model!r}; allowed: {', '.join(self.quota.models)}",
                                 status=403)
 
-    def check_request(self, prompt_tokens: int, max_tokens: int) -> None:
+    def check_request(self, prompt_tokens: int, max_tokens: int) -> int:
+        """Admit a generation: the ``max_tokens`` it may make (clipped to the token rates' room left).
+
+        A generation is admitted only when its prompt and at least one new token fit in what is left
+        of ``tokens_per_minute``/``tokens_per_day`` after the tokens used and those promised to this
+        tenant's running generations; its ``max_tokens`` is cut to the rest (it ends with "length"
+        there). The caller reserves ``prompt + returned max_tokens`` (``reserve``), so concurrent
+        requests cannot together pass the limit: usage stays within it, where a check at the start
+        alone let a tenant limited to 60 use 88.
+        """
         q = self.quota
         if q.max_tokens_per_request is not None and max_tokens > q.max_tokens_per_request:
             raise RequestTooLarge("max_tokens_per_request", q.max_tokens_per_request,
@@ -197,23 +238,53 @@ class Tenant:
             raise QuotaExceeded("max_concurrent_requests", q.max_concurrent_requests,
                                 f"you already have {self.active_requests} requests running, your "
                                 f"max_concurrent_requests limit; wait for one to finish")
-        self.check_rate(prompt_tokens)
+        self.check_rate(prompt_tokens + 1)
+        room = self.rate_room()
+        return max_tokens if room is None else max(1, min(max_tokens, room - prompt_tokens))
+
+    def reserve(self, key: int, tokens: int, made: Callable[[], int]) -> None:
+        """Promise ``tokens`` to a running generation until ``release(key)``; ``made()`` of them are used."""
+        if self.quota.tokens_per_minute is not None or self.quota.tokens_per_day is not None:
+            self.reservations[key] = (tokens, made)
+
+    def release(self, key: int) -> None:
+        self.reservations.pop(key, None)
+
+    def reserved(self) -> int:
+        """Tokens promised and not yet used (a generation's prompt stays counted until it ends: the safe side)."""
+        return sum(max(0, n - made()) for n, made in self.reservations.values())
+
+    def rate_room(self) -> int | None:
+        """Tokens this tenant may still use now under its token rates (None: no rate limit)."""
+        q = self.quota
+        if q.tokens_per_minute is None and q.tokens_per_day is None:
+            return None
+        reserved = self.reserved()
+        rooms = []
+        if q.tokens_per_minute is not None:
+            rooms.append(q.tokens_per_minute - self.window.minute() - reserved)
+        if q.tokens_per_day is not None:
+            rooms.append(q.tokens_per_day - self.window.day() - reserved)
+        return min(rooms)
 
     def check_rate(self, tokens: int = 0) -> None:
         q = self.quota
+        if q.tokens_per_minute is None and q.tokens_per_day is None:
+            return
+        reserved = self.reserved()
         if q.tokens_per_minute is not None:
-            used = self.window.minute()
+            used = self.window.minute() + reserved
             if used + tokens > q.tokens_per_minute:
                 raise QuotaExceeded("tokens_per_minute", q.tokens_per_minute,
-                                    f"token rate limit: {used} tokens used in the last minute "
-                                    f"(+{tokens} asked) against your tokens_per_minute limit "
+                                    f"token rate limit: {used} tokens used or promised to running requests in "
+                                    f"the last minute (+{tokens} asked) against your tokens_per_minute limit "
                                     f"{q.tokens_per_minute}; try again in a minute")
         if q.tokens_per_day is not None:
-            used = self.window.day()
+            used = self.window.day() + reserved
             if used + tokens > q.tokens_per_day:
                 raise QuotaExceeded("tokens_per_day", q.tokens_per_day,
-                                    f"daily token limit: {used} tokens used today (UTC) against your "
-                                    f"tokens_per_day limit {q.tokens_per_day}")
+                                    f"daily token limit: {used} tokens used or promised today (UTC) against "
+                                    f"your tokens_per_day limit {q.tokens_per_day}")
 
     def usage_json(self) -> dict:
         return {
@@ -335,8 +406,11 @@ class TenantRegistry:
             self.ledger.record(name, fuel=fuel)
             self.ledger.flush_soon()
 
-    def request_finished(self, name: str) -> None:
-        self.tenants[name].active_requests -= 1
+    def request_finished(self, name: str, key: int | None = None) -> None:
+        t = self.tenants[name]
+        t.active_requests -= 1
+        if key is not None:
+            t.release(key)
         if self.ledger is not None:
             self.ledger.record(name, requests=1)
             self.ledger.flush_soon()     # a finished request's usage reaches the database at once

@@ -112,3 +112,53 @@ def test_reopening_a_saved_context_over_quota_after_restart_leaks_nothing(tmp_pa
         opened = eng.open_context("alice", "long")
         assert eng.context_tokens("alice", opened) == list(range(100, 160))
     store.close()
+
+
+def test_quota_values_past_their_maximum_are_refused_naming_the_field_and_the_maximum():
+    from potluck.engine.tenants import QUOTA_MAX
+    for bad, name in (({"fuel_per_run": 2**70}, "fuel_per_run"), ({"kv_pages": 10**30}, "kv_pages"),
+                      ({"memory_mb_per_run": 1 << 20}, "memory_mb_per_run"), ({"weight": 1e30}, "weight"),
+                      ({"max_run_seconds": 1e300}, "max_run_seconds"), ({"kv_store_bytes": 1 << 50}, "kv_store_bytes")):
+        with pytest.raises(BadRequest) as e:
+            validate_quota_fields(bad, where="override")
+        msg = e.value.message
+        assert name in msg and "at most" in msg and "\n" not in msg, msg
+        assert e.value.to_json()["error"]["maximum"] == QUOTA_MAX[name]
+    # The largest value is still accepted, and every numeric field has a maximum.
+    assert validate_quota_fields({"fuel_per_run": QUOTA_MAX["fuel_per_run"]})
+    assert set(QUOTA_MAX) == {n for n, v in Quota().to_json().items() if n not in ("priority", "models")}
+
+
+def test_new_storage_quota_fields_have_defaults_and_are_validated_like_the_others():
+    q = Quota()
+    assert q.run_output_bytes and q.run_history_bytes and q.kv_store_bytes and q.saved_contexts
+    for name in ("run_output_bytes", "run_history_bytes", "kv_store_bytes", "saved_contexts"):
+        with pytest.raises(BadRequest):
+            validate_quota_fields({name: -1})
+        assert validate_quota_fields({name: None}) == {name: None}
+
+
+def test_tokens_per_minute_holds_across_concurrent_requests(engine):
+    # Checked at the start only, four requests admitted at once used 88 tokens of a limit of 60.
+    engine.set_user_override("alice", {"tokens_per_minute": 60}, actor="root")
+    gens, refused = [], 0
+    for _ in range(4):
+        try:
+            gens.append(engine.generate("alice", tokens=list(range(10, 20)), max_tokens=40, ignore_eos=True))
+        except QuotaExceeded as e:
+            assert e.limit == "tokens_per_minute"
+            refused += 1
+    for g in gens:
+        g.result(timeout=60)
+    used = engine.tenant_report("alice")["usage"]["tokens_last_minute"]
+    assert used <= 60 and refused >= 1, (used, refused)
+
+
+def test_a_request_larger_than_the_rate_room_is_cut_to_it_and_ends_with_length(engine):
+    engine.set_user_override("alice", {"tokens_per_minute": 30}, actor="root")
+    r = engine.generate("alice", tokens=list(range(10, 20)), max_tokens=100, ignore_eos=True).result(timeout=60)
+    assert r.finish_reason == "length" and 1 <= len(r.tokens) <= 20, (r.finish_reason, len(r.tokens))
+    assert engine.tenant_report("alice")["usage"]["tokens_last_minute"] <= 30
+    # Nothing is left promised once it ended: the room is what the window says.
+    t = engine.known_tenant("alice")
+    assert engine.loop.call(t.reserved) == 0
