@@ -1,18 +1,27 @@
-"""Admin endpoints: every tenant's usage and quota, per-user quota overrides.
+"""Admin endpoints: every tenant's usage and quota, per-user quota overrides, usage over time.
 
 Admins only (403 for everyone else), checked at admission. An override is a
 partial quota that replaces the previous override of that user (fields not in
 it come from the defaults and the user's groups); it is stored, so it
 survives a restart, and audited with the admin's name. The reports and the
 overrides are the engine's (``Engine.admin_tenants``, ``set_user_override``);
-this module only checks names. Admins' view of runs is in ``runs.py``.
+the usage history is the ledger's (``UsageLedger.history``), summed per Hub
+group over the members the engine has seen. This module checks names and
+times and shapes the answers. Admins' view of runs is in ``runs.py``.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
+
 from ..errors import BadRequest, NotFound
-from ..store import NAME_CHARS
+from ..store import NAME_CHARS, USAGE_FIELDS
+from ..store.tables import utcnow
+from ..store.usage import HOUR_WINDOW, RESOLUTIONS, bucket_of, sum_history
 from .base import APIHandler
+
+# What `GET api/admin/usage` shows without `since`: the last hour of minutes, the last week of hours.
+DEFAULT_SPAN = {"minute": timedelta(hours=1), "hour": timedelta(days=7)}
 
 
 def _check_user(name: str) -> str:
@@ -58,7 +67,81 @@ class QuotaOverrideHandler(APIHandler):
         self.finish()
 
 
+def _check_time(name: str, text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"{name} must be an ISO 8601 time such as 2026-01-31T12:00:00Z, got {text[:40]!r}",
+                         code="invalid_time", param=name) from None
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
+def _hours(span: timedelta) -> str:
+    return f"{span.total_seconds() / 3600:g} h"
+
+
+class UsageHistoryHandler(APIHandler):
+    """``GET api/admin/usage?resolution=minute|hour&since=ISO&until=ISO``: usage over time, per user and group.
+
+    Each series lists only the buckets with usage (oldest first), as rows of ``columns``.
+    A group's series is the sum of its members' (members as the engine has seen them in
+    identities since it started); its ``quota`` and ``error`` are the group's ``potluck``
+    property as the engine last read it from the Hub (none standalone).
+    """
+
+    admin_only = True
+
+    async def get(self) -> None:
+        resolution = self.get_query_argument("resolution", "minute")
+        if resolution not in RESOLUTIONS:
+            raise BadRequest(f"resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution[:40]!r}",
+                             code="invalid_parameter", param="resolution")
+        now = utcnow()
+        since = _check_time("since", self.get_query_argument("since", None)) or now - DEFAULT_SPAN[resolution]
+        until = _check_time("until", self.get_query_argument("until", None))
+        if until is not None and until < since:
+            raise BadRequest("until is before since", code="invalid_time", param="until")
+        reach = self.service.ledger.minute_retention if resolution == "minute" else HOUR_WINDOW
+        # One bucket of slack: a client asking for exactly the window a moment ago is not refused.
+        if since < now - reach - timedelta(seconds=RESOLUTIONS[resolution]):
+            raise BadRequest(f"since is {_hours(now - since)} ago; the {resolution} history reaches back "
+                             f"{_hours(reach)}" + ("; ask for resolution=hour" if resolution == "minute" else ""),
+                             code="invalid_time", param="since")
+        history = await self.blocking(self.service.ledger.history, resolution, since, until)
+        reports = await self.blocking(self.engine.tenant_reports)
+        members: dict[str, list[str]] = {}
+        for r in reports:
+            for g in r.get("groups") or ():
+                if not g.startswith("scope:"):     # a custom scope's quota, not a Hub group
+                    members.setdefault(g, []).append(r["name"])
+        # Each group's quota in effect and read error, as the Hub authenticator last read them.
+        book = getattr(self.service.authenticator, "group_report", dict)()
+        groups = {}
+        for g in sorted(set(members) | set(book)):
+            seen = book.get(g) or {}
+            groups[g] = {"members": sorted(members.get(g, [])), "quota": seen.get("quota"),
+                         "error": seen.get("error"),
+                         "series": _rows(sum_history(history, members.get(g, [])))}
+        self.write_json({
+            "resolution": resolution,
+            "bucket_seconds": RESOLUTIONS[resolution],
+            "since": bucket_of(since, resolution).isoformat(),
+            "until": (until or now).isoformat(),
+            "columns": ["start", *USAGE_FIELDS],
+            "users": {name: _rows(buckets) for name, buckets in sorted(history.items())},
+            "groups": groups,
+        })
+
+
+def _rows(buckets: dict) -> list[list]:
+    return [[t.isoformat(), *(round(a[f], 3) if f == "page_seconds" else a[f] for f in USAGE_FIELDS)]
+            for t, a in buckets.items()]
+
+
 default_handlers = [
     (r"api/admin/tenants", TenantsHandler),
     (r"api/admin/quotas/users/([^/]+)", QuotaOverrideHandler),
+    (r"api/admin/usage", UsageHistoryHandler),
 ]

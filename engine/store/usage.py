@@ -1,12 +1,16 @@
-"""Usage accounting: the hourly usage rows, and the ledger that fills them off the hot path.
+"""Usage accounting: the usage rows per hour and per minute, and the ledger that fills them off the hot path.
 
 This module owns both halves of one concern, because they share the five amounts
-(``USAGE_FIELDS``) and the hour buckets and must never disagree about either:
+(``USAGE_FIELDS``) and the buckets and must never disagree about either:
 
-- ``UsageRows``: per tenant and UTC hour, prefill and decode tokens, page-seconds, fuel and
-  requests, added with ``col = col + n`` in SQL so concurrent writers never overwrite each other;
+- ``UsageRows``: per tenant and UTC hour (``usage``: the accounting record, kept) and per tenant
+  and UTC minute (``usage_minutes``: the recent history, pruned after ``MINUTE_RETENTION``),
+  prefill and decode tokens, page-seconds, fuel and requests, both added in one transaction
+  with ``col = col + n`` in SQL so concurrent writers never overwrite each other;
 - ``UsageLedger``: what the batch loop calls (``record``, an in-memory add under a lock), and a
-  daemon thread that writes the sums out every few seconds.
+  daemon thread that writes the sums out every few seconds and prunes old minutes;
+- the usage history (``UsageLedger.history``) that the admin dashboard plots, at minute
+  resolution (the last ``MINUTE_RETENTION``) or hour resolution (the last ``HOUR_WINDOW``).
 
 What it must never do: write to the database from ``record`` (the loop calls it per step), or
 let a reader see a batch twice or not at all while it is being flushed.
@@ -16,14 +20,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timezone
-from typing import Any
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from .db import Database
-from .tables import UsageRow, utcnow
+from .tables import UsageMinuteRow, UsageRow, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +36,32 @@ log = logging.getLogger(__name__)
 USAGE_FIELDS = ("prefill_tokens", "decode_tokens", "page_seconds", "fuel", "requests")
 
 
+# The history's resolutions and their bucket lengths in seconds.
+RESOLUTIONS = {"minute": 60, "hour": 3600}
+# Minute rows older than this are deleted (48 h x 60 = 2880 rows per active tenant at most).
+MINUTE_RETENTION = timedelta(hours=48)
+# How far back the hour history reaches. The hour rows themselves are the accounting record
+# (totals across restarts, tokens_per_day) and are kept: one row per active tenant and hour.
+HOUR_WINDOW = timedelta(days=90)
+PRUNE_EVERY = 600.0     # seconds between prunes of old minute rows (by the flush thread)
+
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+
+
 def hour_of(t: datetime) -> datetime:
     """The UTC hour a time falls in (naive times are taken as UTC)."""
-    t = t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
-    return t.replace(minute=0, second=0, microsecond=0)
+    return _utc(t).replace(minute=0, second=0, microsecond=0)
+
+
+def minute_of(t: datetime) -> datetime:
+    """The UTC minute a time falls in (naive times are taken as UTC)."""
+    return _utc(t).replace(second=0, microsecond=0)
+
+
+def bucket_of(t: datetime, resolution: str) -> datetime:
+    return hour_of(t) if resolution == "hour" else minute_of(t)
 
 
 def zero_usage() -> dict[str, Any]:
@@ -45,7 +72,7 @@ class UsageRows(Database):
     def add_usage(
         self,
         tenant: str,
-        hour: datetime,
+        at: datetime,
         *,
         prefill_tokens: int = 0,
         decode_tokens: int = 0,
@@ -53,8 +80,7 @@ class UsageRows(Database):
         fuel: int = 0,
         requests: int = 0,
     ) -> None:
-        """Add amounts to the tenant's row for that hour (``hour`` is truncated to the hour)."""
-        hour = hour_of(hour)
+        """Add amounts to the tenant's rows for the hour and the minute ``at`` falls in (one transaction)."""
         amounts = {
             "prefill_tokens": prefill_tokens,
             "decode_tokens": decode_tokens,
@@ -64,13 +90,8 @@ class UsageRows(Database):
         }
 
         def work(s: Session) -> None:
-            pk = (UsageRow.tenant == tenant) & (UsageRow.hour == hour)
-            if s.scalar(select(UsageRow.tenant).where(pk)) is None:
-                s.add(UsageRow(tenant=tenant, hour=hour, **amounts))
-            else:
-                # col = col + n in SQL, so a concurrent writer's increment is never overwritten.
-                adds = {f: getattr(UsageRow, f) + n for f, n in amounts.items()}
-                s.execute(update(UsageRow).where(pk).values(**adds))
+            _add_to(s, UsageRow, UsageRow.hour, "hour", tenant, hour_of(at), amounts)
+            _add_to(s, UsageMinuteRow, UsageMinuteRow.minute, "minute", tenant, minute_of(at), amounts)
 
         self._write(work)
 
@@ -97,10 +118,58 @@ class UsageRows(Database):
             }
 
 
+    def usage_history(self, resolution: str, since: datetime,
+                      until: datetime | None = None) -> dict[str, dict[datetime, dict[str, Any]]]:
+        """Every tenant's amounts per bucket (``minute`` or ``hour``) from the bucket ``since`` falls in."""
+        table, col = (UsageRow, UsageRow.hour) if resolution == "hour" else (UsageMinuteRow, UsageMinuteRow.minute)
+        q = select(table.tenant, col, *(getattr(table, f) for f in USAGE_FIELDS)).where(
+            col >= bucket_of(since, resolution))
+        if until is not None:
+            q = q.where(col <= until)
+        out: dict[str, dict[datetime, dict[str, Any]]] = {}
+        with self._session.begin() as s:
+            for tenant, bucket, *values in s.execute(q.order_by(col)):
+                out.setdefault(tenant, {})[bucket] = _amounts(values)
+        return out
+
+    def prune_minutes(self, before: datetime) -> int:
+        """Delete minute rows older than ``before``; how many went."""
+        with self._session.begin() as s:
+            return s.execute(delete(UsageMinuteRow).where(UsageMinuteRow.minute < before)).rowcount or 0
+
+
+def _amounts(values: Iterable[Any]) -> dict[str, Any]:
+    return {f: float(v or 0) if f == "page_seconds" else int(v or 0) for f, v in zip(USAGE_FIELDS, values)}
+
+
+def _add_to(s: Session, table: type, col: Any, col_name: str, tenant: str, bucket: datetime,
+            amounts: dict[str, Any]) -> None:
+    pk = (table.tenant == tenant) & (col == bucket)
+    if s.scalar(select(table.tenant).where(pk)) is None:
+        s.add(table(tenant=tenant, **{col_name: bucket}, **amounts))
+        s.flush()       # a concurrent insert fails here, inside _write's retry
+    else:
+        # col = col + n in SQL, so a concurrent writer's increment is never overwritten.
+        adds = {f: getattr(table, f) + n for f, n in amounts.items()}
+        s.execute(update(table).where(pk).values(**adds))
+
+
+def sum_history(history: dict[str, dict[datetime, dict[str, Any]]],
+                tenants: Iterable[str]) -> dict[datetime, dict[str, Any]]:
+    """The buckets of several tenants added together (a group's usage over time)."""
+    out: dict[datetime, dict[str, Any]] = {}
+    for name in tenants:
+        for bucket, amounts in history.get(name, {}).items():
+            u = out.setdefault(bucket, zero_usage())
+            for f in USAGE_FIELDS:
+                u[f] += amounts[f]
+    return dict(sorted(out.items()))
+
+
 class UsageLedger:
     """Usage accounting that is cheap on the hot path and durable within seconds.
 
-    ``record`` adds into an in-memory dict keyed by (tenant, UTC hour); a daemon thread writes
+    ``record`` adds into an in-memory dict keyed by (tenant, UTC minute); a daemon thread writes
     the sums to the store every ``flush_interval`` seconds, and soon (within ``min_gap``
     seconds) after ``flush_soon``, which the engine calls when a request or run ends. Readers
     get persisted + pending, so a quota check sees usage the moment it is recorded.
@@ -110,10 +179,13 @@ class UsageLedger:
     and the usage of work that ended in the last ``min_gap`` seconds. A clean stop loses nothing.
     """
 
-    def __init__(self, store: UsageRows, flush_interval: float = 5.0, min_gap: float = 0.25) -> None:
+    def __init__(self, store: UsageRows, flush_interval: float = 5.0, min_gap: float = 0.25,
+                 minute_retention: timedelta = MINUTE_RETENTION) -> None:
         self._store = store
         self._flush_interval = flush_interval
         self._min_gap = min_gap
+        self.minute_retention = minute_retention
+        self._pruned_at = 0.0     # time.monotonic() of the last prune; 0: prune at the first flush
         self._kick = threading.Event()    # flush_soon: wake the flush thread before its interval
         self._pending: dict[tuple[str, datetime], dict[str, Any]] = {}
         self._lock = threading.Lock()  # guards _pending; held only for dict adds
@@ -133,7 +205,7 @@ class UsageLedger:
         fuel: int = 0,
         requests: int = 0,
     ) -> None:
-        key = (tenant, hour_of(utcnow()))
+        key = (tenant, minute_of(utcnow()))
         with self._lock:
             u = self._pending.get(key)
             if u is None:
@@ -154,9 +226,9 @@ class UsageLedger:
             with self._lock:
                 batch, self._pending = self._pending, {}
             items = list(batch.items())
-            for i, ((tenant, hour), amounts) in enumerate(items):
+            for i, ((tenant, minute), amounts) in enumerate(items):
                 try:
-                    self._store.add_usage(tenant, hour, **amounts)
+                    self._store.add_usage(tenant, minute, **amounts)
                 except Exception:
                     log.exception("usage flush failed; keeping %d rows for the next flush", len(items) - i)
                     self._requeue(items[i:])
@@ -187,15 +259,32 @@ class UsageLedger:
             else:
                 out = {only: self._store.usage_totals(only, since)}
             with self._lock:
-                for (tenant, hour), amounts in self._pending.items():
+                for (tenant, minute), amounts in self._pending.items():
                     if only is not None and tenant != only:
                         continue
-                    if first_hour is not None and hour < first_hour:
+                    if first_hour is not None and hour_of(minute) < first_hour:
                         continue
                     u = out.setdefault(tenant, zero_usage())
                     for f in USAGE_FIELDS:
                         u[f] += amounts[f]
         return out
+
+    def history(self, resolution: str, since: datetime,
+                until: datetime | None = None) -> dict[str, dict[datetime, dict[str, Any]]]:
+        """Persisted + pending usage per tenant and bucket (``minute`` or ``hour``), oldest first."""
+        first = bucket_of(since, resolution)
+        with self._flush_lock:
+            out = self._store.usage_history(resolution, since, until)
+            with self._lock:
+                pending = [(key, dict(amounts)) for key, amounts in self._pending.items()]
+        for (tenant, minute), amounts in pending:
+            bucket = bucket_of(minute, resolution)
+            if bucket < first or (until is not None and bucket > until):
+                continue
+            u = out.setdefault(tenant, {}).setdefault(bucket, zero_usage())
+            for f in USAGE_FIELDS:
+                u[f] += amounts[f]
+        return {tenant: dict(sorted(b.items())) for tenant, b in out.items()}
 
     def tokens_since(self, tenant: str, since: datetime) -> int:
         """Prefill + decode tokens since a time (for tokens_per_day)."""
@@ -216,9 +305,23 @@ class UsageLedger:
                 return
             self._kick.clear()
             self.flush()  # logs and keeps the amounts on failure; the thread must not die
+            self._prune()
             # At most one write per min_gap however many requests end: the database is not
             # written per request under load, and kicks in the gap are served by one flush.
             self._stop.wait(min(self._min_gap, self._flush_interval))
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        if self._pruned_at and now - self._pruned_at < PRUNE_EVERY:
+            return
+        self._pruned_at = now
+        try:
+            gone = self._store.prune_minutes(utcnow() - self.minute_retention)
+        except Exception:
+            log.exception("pruning old usage minutes failed; trying again in %.0f s", PRUNE_EVERY)
+            return
+        if gone:
+            log.debug("pruned %d usage minute rows older than %s", gone, self.minute_retention)
 
     def close(self) -> None:
         """Stop the flush thread and write what is pending one last time."""
