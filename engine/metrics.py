@@ -85,6 +85,10 @@ class EngineMetrics:
         """Report the inferlet ``RunManager``'s gauges too (it starts after the metrics)."""
         self._status.runs = runs
 
+    def watch_groups(self, authenticator) -> None:
+        """Report which Hub groups' quota values cannot be read (``Authenticator.group_report``)."""
+        self._status.groups = authenticator
+
     def on_step(self, info: dict) -> None:
         """Engine step listener (batch-loop thread): counters only, no I/O, no engine calls."""
         self.step_seconds.observe(info["seconds"])
@@ -130,6 +134,7 @@ class _StatusCollector:
     def __init__(self, engine) -> None:
         self.engine = engine
         self.runs = None
+        self.groups = None
 
     def describe(self):
         return []      # collected lazily: registering must not call into an engine that may not run yet
@@ -154,6 +159,13 @@ class _StatusCollector:
             held.add_metric([report["name"]], report["kv_pages"])
         yield held
         yield gauge("potluck_threads", "Python threads in the engine process", threading.active_count())
+        if self.groups is not None:
+            bad = GaugeMetricFamily("potluck_group_quota_unreadable",
+                                    "1 while a Hub group's potluck quota cannot be read (its last good one applies)",
+                                    labels=["group"])
+            for group, seen in self.groups.group_report().items():
+                bad.add_metric([group], 1 if seen["error"] else 0)
+            yield bad
         if self.runs is not None:
             st = self.runs.stats()
             yield gauge("potluck_runs_running", "Inferlet runs holding a thread", st["threads"])
