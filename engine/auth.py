@@ -9,7 +9,9 @@ Standalone, ``TokenAuthenticator`` checks local tokens (``potluck token
 create``) against the store, where only their sha256 is kept. Under a
 JupyterHub, ``HubAuthenticator`` asks the Hub who a token belongs to (with
 ``jupyterhub.services.auth.HubAuth``): the tenant is the hub user, the groups
-carry their ``potluck`` properties. ``PotluckEngine.authenticator_class``
+carry their ``potluck`` properties (read fail-closed by ``hubgroups``; the
+configured default quotas are seeded into groups that have none, at start).
+``PotluckEngine.authenticator_class``
 picks one (the Hub one by default when the engine runs as a Hub service).
 
 This module never touches the engine, its pages or its quotas.
@@ -30,10 +32,16 @@ from tornado.httputil import HTTPServerRequest
 from traitlets import Dict, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
-from .errors import EngineUnavailable, Forbidden, PotluckError, Unauthorized
+from .errors import EngineUnavailable, Forbidden, Unauthorized
+from .hubgroups import GroupQuotaBook, flat_properties, has_quota
 from .protocol import ADMIN_SCOPE, SERVICE_NAME
 from .store import Store
 from .tenants import validate_quota_fields
+
+# Seeding waits for a Hub that is still starting (a managed service may start before its API
+# answers) this many times, SEED_RETRY_SECONDS apart.
+SEED_TRIES = 30
+SEED_RETRY_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,13 @@ class Authenticator(LoggingConfigurable):
 
     async def identify(self, token: str) -> Identity | None:
         raise NotImplementedError
+
+    async def start(self) -> None:
+        """Once, when the service starts serving (may schedule background work)."""
+
+    def group_report(self) -> dict[str, dict]:
+        """Each group's quota in effect and its read error, for admins (none without a Hub)."""
+        return {}
 
 
 class TokenAuthenticator(Authenticator):
@@ -133,6 +148,14 @@ class HubAuthenticator(Authenticator):
         properties (shown as "scope:<scope>" in /api/me).""",
     ).tag(config=True)
 
+    seed_groups = Dict(
+        help="""Default quotas, ``{"students": {"tokens_per_minute": 5000}}``: at start, each group
+        that has no ``potluck`` value in the Hub gets these fields as flat properties
+        (``potluck.tokens_per_minute`` = ``"5000"``, the form the Hub's admin page edits). A group
+        that has one is left alone, so admins' edits survive restarts. Needs the ``groups`` scope
+        on those groups (``potluck.hub_config.configure(groups=...)`` sets all of this).""",
+    ).tag(config=True)
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         from jupyterhub.services.auth import HubAuth
@@ -149,7 +172,11 @@ class HubAuthenticator(Authenticator):
         self.access_scope = f"access:services!service={self.service_name}"
         for scope, fields in self.scope_quotas.items():
             validate_quota_fields(fields, where=f"HubAuthenticator.scope_quotas[{scope!r}]")
-        self._groups: dict[str, tuple[float, dict]] = {}   # group -> (fetched at, potluck properties)
+        for group, fields in self.seed_groups.items():
+            validate_quota_fields(fields, where=f"HubAuthenticator.seed_groups[{group!r}]")
+        self._groups: dict[str, tuple[float, dict]] = {}   # group -> (fetched at, quota in effect)
+        self.book = GroupQuotaBook(self.store)
+        self._seeding: asyncio.Task | None = None
 
     async def identify(self, token: str) -> Identity | None:
         from jupyterhub.services.auth import check_scopes
@@ -184,46 +211,77 @@ class HubAuthenticator(Authenticator):
         values = await asyncio.gather(*(self._group_quota(g) for g in names))
         return dict(zip(names, values))
 
-    async def _hub_get(self, url: str) -> dict:
+    async def _hub_request(self, url: str, body: dict | None = None) -> dict:
+        """GET ``url`` of the Hub API (PUT ``body`` when given) with the service's own token."""
         from tornado.httpclient import AsyncHTTPClient, HTTPClientError
         hub = self.hub_auth
         kw = {}
         if hub.certfile or hub.keyfile:
             from jupyterhub.utils import make_ssl_context
             kw["ssl_options"] = make_ssl_context(hub.keyfile, hub.certfile, cafile=hub.client_ca)
+        if body is not None:
+            kw.update(method="PUT", body=json.dumps(body))
         try:
             r = await AsyncHTTPClient().fetch(url, headers={"Authorization": f"token {hub.api_token}"},
                                               request_timeout=10, **kw)
         except HTTPClientError as e:
             if e.code == 403:
-                raise RuntimeError("403: the service's role needs the read:groups scope "
+                needs = "groups (on that group)" if body is not None else "read:groups"
+                raise RuntimeError(f"403: the service's role needs the {needs} scope "
                                    "(potluck.hub_config.configure grants it)") from None
             raise
         return json.loads(r.body)
+
+    def _group_url(self, name: str) -> str:
+        return f"{self.hub_auth.api_url.rstrip('/')}/groups/{quote(name, safe='')}"
 
     async def _group_quota(self, name: str) -> dict:
         now = time.monotonic()
         cached = self._groups.get(name)
         if cached is not None and now - cached[0] < self.cache_seconds:
             return cached[1]
-        url = f"{self.hub_auth.api_url.rstrip('/')}/groups/{quote(name, safe='')}"
         try:
-            model = await self._hub_get(url)
+            model = await self._hub_request(self._group_url(name))
         except Exception as e:
             # Keep the last good answer rather than drop a group's quota while the Hub is away,
             # and reuse it for another cache_seconds: a Hub that is down (or slow to refuse)
             # is not asked again on every request.
             self.log.warning("cannot read group %r from the Hub: %s", name, e)
-            if cached is None:
-                return {}
+            if cached is None:      # e.g. just after a restart: the last good quota from the store
+                last = await asyncio.get_running_loop().run_in_executor(self.executor, self.book.last_good, name)
+                cached = (now, last or {})
             self._groups[name] = (now, cached[1])
             return cached[1]
-        props = ((model or {}).get("properties") or {}).get(SERVICE_NAME) or {}
-        try:
-            fields = validate_quota_fields(props, where=f"group {name!r} property {SERVICE_NAME!r}")
-        except PotluckError as e:
-            # One group's typo must not lock its members out: ignore that group's values, say why.
-            self.log.warning("ignoring the quota of group %r: %s", name, e.message)
-            fields = {}
+        props = (model or {}).get("properties") or {}
+        # Fail closed: an unreadable value keeps the group's last good quota (see hubgroups).
+        fields = await asyncio.get_running_loop().run_in_executor(self.executor, self.book.accept, name, props)
         self._groups[name] = (now, fields)
         return fields
+
+    def group_report(self) -> dict[str, dict]:
+        return self.book.report()
+
+    async def start(self) -> None:
+        if self.seed_groups:
+            self._seeding = asyncio.ensure_future(self.seed_group_quotas())
+
+    async def seed_group_quotas(self) -> None:
+        """Give each group of ``seed_groups`` that has no Potluck quota in the Hub its default one."""
+        for name, fields in self.seed_groups.items():
+            for attempt in range(SEED_TRIES):
+                try:
+                    props = (await self._hub_request(self._group_url(name))).get("properties") or {}
+                    if has_quota(props):
+                        self.log.info("group %r has a quota in the Hub: left as it is", name)
+                    else:
+                        await self._hub_request(self._group_url(name) + "/properties",
+                                                {**props, **flat_properties(fields)})
+                        self.log.info("group %r had no quota: seeded %s", name, json.dumps(fields))
+                    break
+                except Exception as e:
+                    # Only a Hub that does not answer yet is worth waiting for; a refusal is final.
+                    final = isinstance(e, RuntimeError) or getattr(e, "code", 599) < 599
+                    if attempt == SEED_TRIES - 1 or final:
+                        self.log.error("cannot seed the default quota of group %r: %s", name, e)
+                        break
+                    await asyncio.sleep(SEED_RETRY_SECONDS)

@@ -134,6 +134,8 @@ async def serve(settings: PotluckEngine) -> int:
                       executor=executor, metrics=engine_metrics, max_body_size=settings.max_body_size,
                       authenticate_prometheus=settings.authenticate_prometheus,
                       runs=run_manager, runs_error=runs_error)
+    engine_metrics.watch_groups(service.authenticator)
+    await service.authenticator.start()      # e.g. seeds default group quotas into the Hub, in the background
     base = normalize_base_url(settings.base_url)
     server = HTTPServer(make_app(service, base), max_body_size=service.body_discard_limit, xheaders=True)
     try:
