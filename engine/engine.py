@@ -28,8 +28,9 @@ from .composer import CostModel, StepComposer
 from .config import EngineConfig
 from .contexts import MAX_CONTEXTS_PER_TENANT, MAX_SAVED_NAME, ContextRegistry, check_saved_name
 from .errors import BadRequest, PotluckError
+from .constraints import Constraint, Structured
 from .generation import GenEvent, Generation, GenerationResult
-from .inputs import (check_context_window, check_max_tokens, check_messages, check_one_prompt, check_stop,
+from .inputs import (MAX_CHOICES, check_context_window, check_max_tokens, check_messages, check_one_prompt, check_stop,
                      check_tokens, priority_of)
 from .latency import LatencyStats
 from .loop import BatchLoop
@@ -113,10 +114,15 @@ class Engine:
     def encode(self, text: str) -> list[int]:
         return list(self.rt.tokenizer.encode(text, add_special_tokens=False))
 
-    def encode_chat(self, messages: list[dict]) -> list[int]:
+    def encode_chat(self, messages: list[dict], chat_kwargs: dict | None = None) -> list[int]:
+        """The chat template's tokens; ``chat_kwargs`` go to the template (e.g. ``tools``)."""
         out = self.rt.tokenizer.apply_chat_template(check_messages(messages), add_generation_prompt=True,
-                                                    tokenize=True, return_dict=True)
+                                                    tokenize=True, return_dict=True, **(chat_kwargs or {}))
         return list(out["input_ids"])
+
+    @property
+    def chat_template(self) -> str:
+        return getattr(self.rt.tokenizer, "chat_template", None) or ""
 
     def decode(self, tokens: list[int], *, skip_special_tokens: bool = True) -> str:
         return self.rt.tokenizer.decode(tokens, skip_special_tokens)
@@ -129,12 +135,13 @@ class Engine:
         return {"name": self.model_name, "vocab_size": self.vocab_size, "max_context": self.max_context,
                 "eos_tokens": sorted(self.eos_ids)}
 
-    def _prompt_tokens(self, prompt: str | None, messages: list[dict] | None, tokens: list[int] | None) -> list[int]:
+    def _prompt_tokens(self, prompt: str | None, messages: list[dict] | None, tokens: list[int] | None,
+                       chat_kwargs: dict | None = None) -> list[int]:
         check_one_prompt(prompt, messages, tokens)
         if prompt is not None:
             ids = self.encode(prompt)
         elif messages is not None:
-            ids = self.encode_chat(messages)
+            ids = self.encode_chat(messages, chat_kwargs)
         else:
             ids = check_tokens(tokens, self.vocab_size)
         if not ids:
@@ -142,21 +149,34 @@ class Engine:
         return ids
 
     # ------------------------------------------------------------ generation
-    def generate(self, tenant: Tenant | str, *, prompt: str | None = None, messages: list[dict] | None = None,
-                 tokens: list[int] | None = None, max_tokens: int | None = None, default_max_tokens: int = 256,
-                 sampler: Sampler | None = None, stop: list[str] | None = None,
-                 stop_token_ids: list[int] | None = None, ignore_eos: bool = False, priority: str | None = None,
-                 listener: Callable[[GenEvent | None], None] | None = None) -> Generation:
-        """Start generating; returns at once with a ``Generation`` handle.
+    def generate(self, tenant: Tenant | str, *, listener: Callable[[GenEvent | None], None] | None = None,
+                 **kwargs) -> Generation:
+        """Start generating; returns at once with a ``Generation`` handle (see ``generate_choices``)."""
+        on = None if listener is None else (lambda i, ev: listener(ev))
+        return self.generate_choices(tenant, n=1, listener=on, **kwargs)[0]
 
-        Without ``max_tokens``, ``default_max_tokens`` capped by the tenant's
-        ``max_tokens_per_request`` (so leaving it out never hits that quota).
-        ``listener`` is registered before the request is queued, so it sees every event
-        (``add_listener`` after this returns may miss the first tokens of a busy loop).
+    def generate_choices(self, tenant: Tenant | str, *, n: int = 1, prompt: str | None = None,
+                         messages: list[dict] | None = None, tokens: list[int] | None = None,
+                         max_tokens: int | None = None, default_max_tokens: int = 256,
+                         sampler: Sampler | None = None, stop: list[str] | None = None,
+                         stop_token_ids: list[int] | None = None, ignore_eos: bool = False,
+                         priority: str | None = None, structured: Structured | None = None,
+                         prompt_logprobs: int = -1, chat_kwargs: dict | None = None,
+                         listener: Callable[[int, GenEvent | None], None] | None = None) -> list[Generation]:
+        """Start ``n`` generations of one prompt; returns at once with their handles.
+
+        The prompt is computed once: choices after the first fork its context
+        (``Generation.follow``). Without ``max_tokens``, ``default_max_tokens`` capped by the
+        tenant's ``max_tokens_per_request`` (so leaving it out never hits that quota).
+        ``structured`` constrains every choice's output (compiled here, on the caller's thread);
+        ``prompt_logprobs`` >= 0 also scores the prompt's tokens (with that many top logprobs).
+        ``listener(i, event)`` is registered before anything is queued, so it sees every event.
         """
         called = time.time()   # time to first token counts the wait for the loop too
         t = self._tenant_obj(tenant)
-        ids = self._prompt_tokens(prompt, messages, tokens)
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
+            raise BadRequest(f"n must be an integer from 1 to {MAX_CHOICES}, got {n!r}", code="invalid_n", param="n")
+        ids = self._prompt_tokens(prompt, messages, tokens, chat_kwargs)
         if max_tokens is None:
             cap = t.quota.max_tokens_per_request
             max_tokens = min(default_max_tokens, cap) if cap else default_max_tokens
@@ -168,24 +188,52 @@ class Engine:
         if not ignore_eos:
             stop_ids |= self.eos_ids
         prio = priority_of(t.priority, priority)
+        constraint = self.compile_structured(structured) if structured is not None else None
 
-        def start() -> Generation:
+        def start() -> list[Generation]:
             t.check_model(self.model_name)
-            allowed = t.check_request(len(ids), max_tokens)     # clipped to the token rates' room
-            seq = Sequence(t.name, self.pool.new_context(next(self._ids), t.name), prio, None)
-            seq.use_sampler(sampler, self.contexts.device)
-            g = Generation(self.loop, next(self._ids), seq, ids, allowed, self.max_context, stop, stop_ids,
-                           self._stream_text, self._generation_ended)
-            t.reserve(g.id, len(ids) + allowed, lambda: len(g.tokens))
-            if listener is not None:
-                g._listeners.append(listener)
-            t.active_requests += 1
-            self._generations[g.id] = g
-            g.start()
-            return g
-        g = self.loop.call(start)
-        g.created = called
-        return g
+            gens: list[Generation] = []
+            try:
+                for i in range(n):
+                    # The prompt is computed once; each further choice feeds one token of it again.
+                    allowed = t.check_request(len(ids) if i == 0 else 1, max_tokens)
+                    seq = Sequence(t.name, self.pool.new_context(next(self._ids), t.name), prio, None)
+                    seq.use_sampler(sampler, self.contexts.device)
+                    g = Generation(self.loop, next(self._ids), seq, ids, allowed, self.max_context, stop, stop_ids,
+                                   self._stream_text, self._generation_ended,
+                                   constraint=constraint.copy() if constraint is not None and i else constraint,
+                                   prompt_logprobs=prompt_logprobs if i == 0 else -1)
+                    t.reserve(g.id, (len(ids) if i == 0 else 1) + allowed, lambda g=g: len(g.tokens))
+                    if listener is not None:
+                        g._listeners.append(lambda ev, i=i: listener(i, ev))
+                    t.active_requests += 1
+                    self._generations[g.id] = g
+                    gens.append(g)
+            except PotluckError:
+                for g in gens:
+                    g.finish("cancelled")
+                raise
+            gens[0].start()
+            for g in gens[1:]:
+                g.follow(gens[0], self._fork_prompt)
+            return gens
+        gens = self.loop.call(start)
+        for g in gens:
+            g.created = called
+        return gens
+
+    def compile_structured(self, structured: Structured, *, where: str = "structured output") -> Constraint:
+        """A grammar for ``structured``, compiled on the caller's thread (a bad one is a one-line 400)."""
+        return self.runner.constraints.compile(structured, where=where)
+
+    def _fork_prompt(self, leader: Generation, g: Generation) -> None:
+        """On the loop, once ``leader``'s prompt is computed: ``g`` continues from a fork of it."""
+        self.pool.drop(g.seq.ctx)
+        ctx = self.pool.fork(leader.seq.ctx, g.seq.ctx.id)
+        self.pool.truncate(ctx, len(g.prompt) - 1)
+        g.seq.ctx = ctx
+        g.cached_tokens = len(g.prompt) - 1
+        self.loop.submit(g.seq, g.prompt[-1:])
 
     def _generation_ended(self, g: Generation) -> None:
         self.pool.drop(g.seq.ctx)
@@ -215,8 +263,8 @@ class Engine:
         return self.contexts.tokens(tenant, ctx_id)
 
     def save_context(self, tenant: str, ctx_id: int, name: str) -> None:
-        """Keep a snapshot of the context under ``name`` in the tenant's namespace."""
-        self.contexts.save(tenant, ctx_id, name)
+        """Keep a snapshot of the context under ``name`` in the tenant's namespace (up to ``saved_contexts``)."""
+        self.contexts.save(tenant, ctx_id, name, self.quota(tenant).saved_contexts)
 
     def open_context(self, tenant: str, name: str) -> int:
         """A new context continuing the saved ``name`` (re-filled from its tokens after a restart)."""

@@ -3,7 +3,13 @@
 A generation owns one ``Sequence`` for its whole life: the prompt is its
 first feed, each sampled token its next. After every sample it decides, on
 the batch-loop thread, whether to go on: a stop token, a stop string (via
-``TextStream``), ``max_tokens`` or the context window end it.
+``TextStream``), a grammar that is complete (``Constraint``), ``max_tokens``
+or the context window end it.
+
+Several choices of one prompt (OpenAI's ``n``) share one prefill: the first
+generation computes the prompt, and each *follower* starts from a copy-on-write
+fork of its context once the prompt is in (``follow``), feeding only the
+prompt's last token again to sample on its own.
 
 Iterate a Generation for ``GenEvent``s, or wait with ``result()``; listeners
 (``add_listener``, or ``listener=`` at ``Engine.generate``) are called on
@@ -21,6 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
 
+from .constraints import Constraint
 from .errors import EngineUnavailable, PotluckError
 from .sampling import Sample, Sampler
 from .sequence import Sequence
@@ -48,6 +55,7 @@ class GenerationResult:
     prompt_tokens: int
     cached_tokens: int
     logprobs: list[float]
+    prompt_logprobs: list[tuple[float, list[tuple[int, float]]]] | None = None   # tokens 1.. of the prompt
 
 
 _END = object()
@@ -62,7 +70,8 @@ class Generation:
 
     def __init__(self, loop: "BatchLoop", gid: int, seq: Sequence, prompt: list[int], max_tokens: int,
                  max_context: int, stop: list[str], stop_token_ids: set[int], decode: Callable[[list], str],
-                 on_end: Callable[["Generation"], None]):
+                 on_end: Callable[["Generation"], None], constraint: Constraint | None = None,
+                 prompt_logprobs: int = -1):
         self._loop = loop
         self.id = gid
         self.tenant = seq.tenant
@@ -86,7 +95,13 @@ class Generation:
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._listeners: list[Callable[[GenEvent | None], None]] = []
         self._done = threading.Event()
+        self._followers: list[tuple["Generation", Callable[["Generation", "Generation"], None]]] = []
+        self.constraint = constraint
+        self.scored = prompt_logprobs >= 0
         seq.on_done = self._on_sample
+        seq.constraint = constraint
+        seq.output = self.tokens
+        seq.score = prompt_logprobs
 
     @property
     def text(self) -> str:
@@ -118,7 +133,8 @@ class Generation:
         if self.error is not None:
             raise self.error
         return GenerationResult(self.text, list(self.tokens), self.finish_reason, len(self.prompt),
-                                self.cached_tokens, list(self.logprobs))
+                                self.cached_tokens, list(self.logprobs),
+                                list(self.seq.scores) if self.scored else None)
 
     @property
     def done(self) -> bool:
@@ -136,6 +152,18 @@ class Generation:
     def start(self) -> None:
         self.cached_tokens = self._loop.submit(self.seq, self.prompt)
 
+    def follow(self, leader: "Generation", fork: Callable[["Generation", "Generation"], None]) -> None:
+        """Start from ``leader``'s prompt once it is computed: ``fork(leader, self)`` then does it."""
+        leader._followers.append((self, fork))
+
+    def _release_followers(self, err: PotluckError | None) -> None:
+        followers, self._followers = self._followers, []
+        for g, fork in followers:
+            if err is not None:
+                g.finish("error", err)
+            elif not g.done:
+                fork(self, g)
+
     def _on_sample(self, seq: Sequence, s: Sample | None, err: PotluckError | None) -> None:
         if self.done:
             return
@@ -144,15 +172,24 @@ class Generation:
         now = time.time()
         if self.first_token_at is None:
             self.first_token_at = now
+            seq.score = -1            # the prompt is scored; generated tokens have their own logprobs
+            self._release_followers(None)
         self.token_times.append(now)
         tok = s.token
         if tok in self.stop_token_ids:
             return self.finish("stop")
+        if self.constraint is not None and not self.constraint.consume(tok):
+            # The mask allowed only tokens the grammar accepts: this is a bug, not the user's.
+            return self.finish("error", PotluckError(
+                f"internal error: the grammar refused a token it allowed ({self.constraint.error})",
+                code="internal_error", status=500))
         self.tokens.append(tok)
         self.logprobs.append(s.logprob)
         delta = self._stream.push(tok)
         self._emit(GenEvent(tok, delta, s.logprob, s.top))
         finish = "stop" if self._stream.stopped else None
+        if finish is None and self.constraint is not None and self.constraint.finished:
+            finish = "stop"
         if finish is None and len(self.tokens) >= self.max_tokens:
             finish = "length"
         if finish is None and seq.ctx.length + 1 >= self._max_context:
@@ -169,6 +206,11 @@ class Generation:
             self._emit(GenEvent(-1, tail, 0.0))
         self.finish_reason = reason
         self.error = err
+        if self._followers:
+            # The prompt never got computed: the choices waiting for it end the same way.
+            self._release_followers(err or PotluckError(f"the request ended ({reason}) before its prompt ran",
+                                                        code=reason if reason == "cancelled" else "internal_error",
+                                                        status=499 if reason == "cancelled" else 500))
         self._loop.withdraw(self.seq)
         self._on_end(self)
         self._done.set()

@@ -13,6 +13,7 @@ from .scheduler import PRIORITIES
 
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
+MAX_CHOICES = 16             # choices of one prompt (OpenAI's ``n``), each a generation of its own
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 
 

@@ -100,7 +100,8 @@ class BatchLoop:
     def submit(self, seq: Sequence, tokens: list[int]) -> int:
         """Queue ``tokens`` as ``seq``'s next feed; returns how many prompt tokens the prefix cache had."""
         seq.feed(tokens, next(self._arrivals))
-        matched = 0 if seq.decode else self.rt.pool.reuse_prefix(seq.ctx, tokens)
+        # A scored feed computes every position: cached pages would have no logits to give.
+        matched = 0 if seq.decode or seq.score >= 0 else self.rt.pool.reuse_prefix(seq.ctx, tokens)
         if matched:
             self.stats["prefix_hit_tokens"] += matched
             seq.tokens = tokens[matched:]
@@ -226,8 +227,7 @@ class BatchLoop:
                     self.scheduler.remove(seq)
                 self._run_commands(block=True)
             return
-        chunks = [Chunk(seq.ctx, seq.tokens[seq.fed:seq.fed + n],
-                        seq.sampler if n == seq.remaining else None, seq.generator) for seq, n in picked]
+        chunks = [_chunk(seq, n) for seq, n in picked]
         t0 = time.perf_counter()
         try:
             results = self.rt.runner.step(chunks)
@@ -285,6 +285,8 @@ class BatchLoop:
         usage: dict[str, list[int]] = {}
         ntok = 0
         for (seq, n), chunk, res in zip(picked, chunks, results):
+            if chunk.scores:
+                seq.scores.extend(chunk.scores)
             self.rt.pool.commit(seq.ctx, chunk.tokens)
             seq.fed += n
             ntok += n
@@ -310,3 +312,15 @@ class BatchLoop:
         now = time.monotonic()
         dt, self._last_accrual = now - self._last_accrual, now
         self.tenants.charge_pages({name: t.held for name, t in self.rt.pool.tenants.items() if t.held}, dt)
+
+
+def _chunk(seq: Sequence, n: int) -> Chunk:
+    """The next ``n`` tokens of ``seq``'s feed as a chunk; the feed's last chunk samples."""
+    last = n == seq.remaining
+    ch = Chunk(seq.ctx, seq.tokens[seq.fed:seq.fed + n], seq.sampler if last else None, seq.generator)
+    if last:
+        ch.constraint, ch.output = seq.constraint, seq.output
+    if seq.score >= 0:
+        ch.score = seq.score
+        ch.next_token = None if last else seq.tokens[seq.fed + n]
+    return ch

@@ -33,6 +33,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .accelerator import Device, Profile, choose_profile, detect_device
+from .constraints import Constraint, ConstraintCompiler
 from .pages import Context, KvPool
 from .sampling import Sample, Sampler, sample
 from .weights import LoadedModel, load_model
@@ -48,6 +49,11 @@ class Chunk:
     tokens: list[int]
     sampler: Sampler | None          # None: fill only, no logits needed
     generator: torch.Generator | None = None
+    constraint: Constraint | None = None       # the grammar the sample must follow
+    output: list[int] | None = None            # the generation's output so far (penalties)
+    score: int = -1                  # >= 0: also give each token's logprob (and this many top ones)
+    next_token: int | None = None    # the token after the chunk, when it is known (scoring)
+    scores: list[tuple[float, list[tuple[int, float]]]] | None = None   # out: for the tokens after position 0
 
 
 @dataclass
@@ -112,11 +118,12 @@ AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
 
 
 class ModelRunner:
-    def __init__(self, model: torch.nn.Module, pool: KvPool):
+    def __init__(self, model: torch.nn.Module, pool: KvPool, constraints: ConstraintCompiler | None = None):
         self.model = model
         self.pool = pool
         self.device = pool.k.device
         self.vocab_size = model.config.vocab_size
+        self.constraints = constraints
         model.set_attn_implementation(ATTN_NAME)
         # A prepared 4-D mask makes transformers' mask builder return at once;
         # our attention function ignores it.
@@ -138,6 +145,8 @@ class ModelRunner:
         dec_gathers: list[torch.Tensor] = []
         prefills = []
         keep: list[int] = []
+        sample_rows: list[int] = []      # per sampling chunk, its row among the kept logits
+        score_rows: list[tuple[Chunk, int]] = []
         for ch in chunks:
             start = ch.ctx.length
             n = len(ch.tokens)
@@ -156,7 +165,13 @@ class ModelRunner:
                 q_pos = torch.arange(start, kv_len)
                 mask = torch.arange(kv_len)[None, :] <= q_pos[:, None]
                 prefills.append((at, at + n, gather.to(self.device), mask.to(self.device)))
-            if ch.sampler is not None:
+            if ch.score >= 0:
+                score_rows.append((ch, len(keep)))
+                keep.extend(range(at, at + n))
+                if ch.sampler is not None:
+                    sample_rows.append(len(keep) - 1)
+            elif ch.sampler is not None:
+                sample_rows.append(len(keep))
                 keep.append(at + n - 1)
 
         dev = self.device
@@ -184,13 +199,41 @@ class ModelRunner:
             potluck_step=meta,
         )
         results: list[Sample | None] = [None] * len(chunks)
-        if keep:
-            logits = out.logits[0]
-            want = [i for i, ch in enumerate(chunks) if ch.sampler is not None]
-            samples = sample(logits, [chunks[i].sampler for i in want], [chunks[i].generator for i in want])
+        if not keep:
+            return results
+        logits = out.logits[0]
+        for ch, row in score_rows:
+            ch.scores = _score(logits[row:row + len(ch.tokens)], ch.tokens[1:] + [ch.next_token], ch.score)
+        want = [i for i, ch in enumerate(chunks) if ch.sampler is not None]
+        if want:
+            rows = logits[torch.tensor(sample_rows, device=dev)] if score_rows else logits
+            picked = [chunks[i] for i in want]
+            allowed = None
+            if self.constraints is not None:
+                allowed = self.constraints.allowed_mask([c.constraint for c in picked], rows.shape[1], dev)
+            histories = [(c.output or [], c.ctx.tokens + c.tokens) if c.sampler.penalized else None
+                         for c in picked]
+            samples = sample(rows, [c.sampler for c in picked], [c.generator for c in picked], allowed, histories)
             for i, s in zip(want, samples):
                 results[i] = s
         return results
+
+
+def _score(rows: torch.Tensor, targets: list[int | None], top: int) -> list[tuple[float, list[tuple[int, float]]]]:
+    """Each position's log-probability of the token that follows it (the prompt's logprobs).
+
+    A position whose next token is not known yet (the last of a chunk that samples) is left out.
+    """
+    known = [i for i, t in enumerate(targets) if t is not None]
+    if not known:
+        return []
+    lp = torch.log_softmax(rows[torch.tensor(known, device=rows.device)].float(), dim=-1)
+    chosen = lp.gather(1, torch.tensor([targets[i] for i in known], device=rows.device)[:, None])[:, 0].tolist()
+    tops: list[list[tuple[int, float]]] = [[] for _ in known]
+    if top:
+        vals, ids = torch.topk(lp, top, dim=-1)
+        tops = [list(zip(i, v)) for i, v in zip(ids.tolist(), vals.tolist())]
+    return list(zip(chosen, tops))
 
 
 # ------------------------------------------------------------------ loading
@@ -252,4 +295,4 @@ def load_runtime(cfg, loaded: LoadedModel | None = None) -> Runtime:
     log.info("engine ready: model %s on %s (%s), profile %s, %d KV pages of %d tokens",
              loaded.name, device.name, profile.dtype, profile.name, slots, profile.page_size)
     return Runtime(device, profile, loaded.name, loaded.tokenizer, max_context, eos_ids, pool,
-                   ModelRunner(loaded.model, pool))
+                   ModelRunner(loaded.model, pool, ConstraintCompiler(loaded.tokenizer, mc.vocab_size, eos_ids)))

@@ -2,8 +2,10 @@
 
 One call samples every sequence of a step from its row of logits, each with
 its own ``Sampler``: greedy, temperature, top-k, top-p, min-p, a seed, logit
-bias and an allowed-token mask. Only token ids, their log-probabilities and
-small top-k lists leave the device: never a full vocabulary of floats.
+bias, presence / frequency / repetition penalties, an allowed-token list and
+the step's grammar mask (``constraints.allowed_mask``, one boolean row per
+sequence). Only token ids, their log-probabilities and small top-k lists
+leave the device: never a full vocabulary of floats.
 
 A seeded sampler draws its noise from its own generator, so its output does
 not depend on who else shared the batch.
@@ -31,6 +33,13 @@ class Sampler:
     logit_bias: dict[int, float] = field(default_factory=dict, hash=False)
     allowed: tuple[int, ...] | None = None   # only these tokens may be sampled
     top_logprobs: int = 0             # also return this many (id, prob) of the distribution
+    presence_penalty: float = 0.0     # OpenAI's: subtracted once from every token already in the output
+    frequency_penalty: float = 0.0    # OpenAI's: subtracted per occurrence in the output
+    repetition_penalty: float = 1.0   # vLLM's / HF's: divides (or multiplies) the logits of any token seen so far
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty or self.repetition_penalty != 1.0)
 
     @property
     def greedy(self) -> bool:
@@ -51,6 +60,13 @@ class Sampler:
             bad(f"seed must be a non-negative 63-bit integer, got {self.seed!r}")
         if not isinstance(self.top_logprobs, int) or not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
             bad(f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}, got {self.top_logprobs!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not -2.0 <= v <= 2.0:
+                bad(f"{name} must be a number from -2 to 2, got {v!r}")
+        r = self.repetition_penalty
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 < r <= 10.0:
+            bad(f"repetition_penalty must be a number in (0, 10], got {r!r}")
         if len(self.logit_bias) > MAX_BIAS_ENTRIES:
             bad(f"logit_bias has {len(self.logit_bias)} entries; the limit is {MAX_BIAS_ENTRIES}")
         for tok, b in self.logit_bias.items():
@@ -73,14 +89,24 @@ class Sample:
     top: list[tuple[int, float]] | None = None      # (id, prob) pairs, most likely first
 
 
-def sample(logits: torch.Tensor, samplers: list[Sampler],
-           generators: list[torch.Generator | None]) -> list[Sample]:
-    """Sample one token per row of ``logits`` ([rows, vocab])."""
+def sample(logits: torch.Tensor, samplers: list[Sampler], generators: list[torch.Generator | None],
+           allowed: torch.Tensor | None = None,
+           histories: list[tuple[list[int], list[int]]] | None = None) -> list[Sample]:
+    """Sample one token per row of ``logits`` ([rows, vocab]).
+
+    ``allowed`` ([rows, vocab] booleans) masks what each row may sample (a grammar);
+    ``histories`` gives each penalized row its (output tokens, every token of its context).
+    """
     logits = logits.float()
     rows, vocab = logits.shape
     dev = logits.device
     shaped = False
+    if allowed is not None or any(s.penalized for s in samplers):
+        logits = logits.clone()
+        shaped = True
     for i, s in enumerate(samplers):
+        if s.penalized:
+            _penalize(logits[i], s, *histories[i])
         if s.logit_bias:
             if not shaped:
                 logits = logits.clone()
@@ -94,6 +120,8 @@ def sample(logits: torch.Tensor, samplers: list[Sampler],
             keep = torch.full((vocab,), float("-inf"), device=dev)
             keep[torch.tensor(s.allowed, device=dev)] = 0.0
             logits[i] += keep
+    if allowed is not None:
+        logits.masked_fill_(~allowed, float("-inf"))
     logprobs = torch.log_softmax(logits, dim=-1)
 
     tokens = torch.argmax(logits, dim=-1)
@@ -148,3 +176,16 @@ def sample(logits: torch.Tensor, samplers: list[Sampler],
             vals, ids = torch.topk(p, k)
             results[i].top = list(zip(ids.tolist(), vals.tolist()))
     return results
+
+
+def _penalize(row: torch.Tensor, s: Sampler, output: list[int], seen: list[int]) -> None:
+    """OpenAI's presence / frequency penalties over the output, and the repetition penalty over
+    everything the context holds, applied in place on one row of logits on its device."""
+    dev = row.device
+    if (s.presence_penalty or s.frequency_penalty) and output:
+        counts = torch.bincount(torch.tensor(output, device=dev), minlength=row.shape[0])[:row.shape[0]].float()
+        row -= s.frequency_penalty * counts + s.presence_penalty * (counts > 0).float()
+    if s.repetition_penalty != 1.0 and seen:
+        ids = torch.unique(torch.tensor(seen, device=dev))
+        vals = row[ids]
+        row[ids] = torch.where(vals > 0, vals / s.repetition_penalty, vals * s.repetition_penalty)

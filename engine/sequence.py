@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from .constraints import Constraint
 from .errors import PotluckError
 from .pages import Context
 from .sampling import Sample, Sampler
@@ -47,6 +48,10 @@ class Sequence:
     queued: bool = False                         # a feed is waiting in the scheduler or running
     cancelled: bool = False
     future: Future | None = None                 # an inferlet's forward call waiting on this feed
+    constraint: Constraint | None = None         # a grammar the samples must follow
+    output: list[int] | None = None              # the tokens generated so far (for penalties)
+    score: int = -1                              # >= 0: score the feed's tokens (prompt logprobs), k top each
+    scores: list = field(default_factory=list)   # (logprob, top) of each scored token after the first
 
     @property
     def id(self) -> int:

@@ -1,0 +1,177 @@
+"""Constrained decoding: a grammar per sequence, applied as one token mask inside the step.
+
+A request may ask that its output follow a JSON schema (or be any JSON object), a regular
+expression, one of a list of strings, or a Lark / GBNF grammar. ``ConstraintCompiler.compile``
+turns that ``Structured`` spec into a ``Constraint`` at the door, on the request's thread (a
+grammar that does not compile is a one-line 400 there, never a failure inside a step). The
+batch loop carries each sequence's ``Constraint`` into the step; ``allowed_mask`` asks all of
+the step's matchers for their next-token bitmasks in one call (llguidance computes them in
+parallel, ~40 us a sequence on a CPU) and unpacks them to one boolean tensor that the sampler
+applies to every row at once. After sampling, the sequence's matcher consumes its token.
+
+llguidance was picked over xgrammar and outlines-core because it computes masks lazily per
+step without a per-schema precompilation pass (a new schema costs nothing until it is used),
+its Earley parser takes JSON schema, regex, choice, Lark and GBNF alike, and its parser limits
+bound the work one hostile grammar can add to a step that other tenants share.
+
+What it must never do: loop in Python over the vocabulary, or decide order or quotas.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+
+import llguidance
+import llguidance.torch
+import torch
+
+from .errors import BadRequest
+
+MAX_GRAMMAR_CHARS = 64 * 1024      # a schema / regex / grammar as sent, serialised
+MAX_CHOICES = 1024
+KINDS = ("json", "json_object", "regex", "choice", "grammar")
+_BITS = torch.arange(32, dtype=torch.int32)
+# JSON as people write it, with no freedom in whitespace: a model that may put any whitespace
+# anywhere can fill max_tokens with newlines and never close the object.
+_JSON_STYLE = {"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "}
+
+
+@dataclass(frozen=True)
+class Structured:
+    """What the output must match: exactly one kind and its value."""
+    kind: str        # one of KINDS
+    value: object    # a schema (dict), a regex / grammar (str), a list of strings, or None (json_object)
+
+    @staticmethod
+    def of(fields: dict, *, where: str) -> "Structured | None":
+        """The vLLM-style ``structured_outputs`` object (``json``, ``regex``, ``choice``, ``grammar``,
+        ``json_object``): at most one of them."""
+        if not isinstance(fields, dict):
+            raise _bad(f"{where} must be an object with one of {', '.join(KINDS)}", where)
+        unknown = sorted(set(fields) - set(KINDS) - {"disable_fallback", "disable_any_whitespace",
+                                                      "disable_additional_properties", "whitespace_pattern"})
+        if unknown:
+            raise _bad(f"{where}: unknown field {unknown[0]!r}; known: {', '.join(KINDS)}", where)
+        given = [k for k in KINDS if fields.get(k) not in (None, False)]
+        if len(given) > 1:
+            raise _bad(f"{where}: give one of {', '.join(KINDS)}, not {' and '.join(given)}", where)
+        if not given:
+            return None
+        kind = given[0]
+        value = fields[kind]
+        if kind == "json" and isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError as e:
+                raise _bad(f"{where}.json is not valid JSON: {e}", where) from None
+        return Structured(kind, None if kind == "json_object" else value)
+
+
+def _bad(message: str, param: str | None = None) -> BadRequest:
+    return BadRequest(message, code="invalid_structured_output", param=param)
+
+
+class Constraint:
+    """One sequence's grammar state: which tokens may come next, advanced token by token."""
+
+    def __init__(self, matcher: llguidance.LLMatcher):
+        self.matcher = matcher
+
+    def copy(self) -> "Constraint":
+        """The same grammar at the same point, for another choice of the same prompt."""
+        return Constraint(self.matcher.deep_copy())
+
+    def consume(self, token: int) -> bool:
+        """Advance past ``token``; False if the grammar refused it (the matcher is then in error)."""
+        return self.matcher.consume_token(token)
+
+    @property
+    def finished(self) -> bool:
+        """The grammar is complete and nothing may follow: the generation can end here."""
+        return self.matcher.is_stopped()
+
+    @property
+    def error(self) -> str:
+        return self.matcher.get_error()
+
+
+class ConstraintCompiler:
+    """Compiles ``Structured`` specs against the served model's tokenizer (built once, on first use)."""
+
+    def __init__(self, tokenizer, vocab_size: int, eos_ids: set[int]):
+        self._hf = tokenizer
+        self._vocab = vocab_size
+        self._eos = sorted(eos_ids)
+        self._tok: llguidance.LLTokenizer | None = None
+        self._lock = threading.Lock()
+        self._executor = llguidance.LLExecutor()
+
+    @property
+    def tokenizer(self) -> llguidance.LLTokenizer:
+        with self._lock:
+            if self._tok is None:
+                import llguidance.hf
+                self._tok = llguidance.hf.from_tokenizer(self._hf, n_vocab=self._vocab, eos_token=self._eos)
+            return self._tok
+
+    def grammar(self, spec: Structured, *, where: str) -> str:
+        """The llguidance grammar for ``spec``; a spec that cannot be one is a one-line 400."""
+        kind, value = spec.kind, spec.value
+        try:
+            size = len(value) if isinstance(value, str) else len(json.dumps(value))
+        except (TypeError, ValueError):
+            raise _bad(f"{where}: the {kind} value is not JSON", where) from None
+        if size > MAX_GRAMMAR_CHARS:
+            raise _bad(f"{where}: the {kind} value is {size} characters; the limit is {MAX_GRAMMAR_CHARS}", where)
+        try:
+            if kind == "json_object":
+                return llguidance.LLMatcher.grammar_from_json_schema({"type": "object"}, defaults=_JSON_STYLE)
+            if kind == "json":
+                if not isinstance(value, (dict, bool)):
+                    raise _bad(f"{where}: a JSON schema must be an object, got {type(value).__name__}", where)
+                return llguidance.LLMatcher.grammar_from_json_schema(value, defaults=_JSON_STYLE)
+            if kind == "regex":
+                if not isinstance(value, str) or not value:
+                    raise _bad(f"{where}: regex must be a non-empty string", where)
+                return llguidance.LLMatcher.grammar_from_regex(value)
+            if kind == "choice":
+                if (not isinstance(value, list) or not value or len(value) > MAX_CHOICES
+                        or not all(isinstance(c, str) and c for c in value)):
+                    raise _bad(f"{where}: choice must be 1 to {MAX_CHOICES} non-empty strings", where)
+                return llguidance.grammar_from("choice", json.dumps(value))
+            if kind == "grammar":
+                if not isinstance(value, str) or not value.strip():
+                    raise _bad(f"{where}: grammar must be a non-empty Lark or GBNF grammar", where)
+                return llguidance.grammar_from("grammar", value)
+        except (ValueError, TypeError, RuntimeError) as e:
+            raise _bad(f"{where}: the {kind} cannot be used: {_first_line(e)}", where) from None
+        raise _bad(f"{where}: unknown kind {kind!r}", where)
+
+    def compile(self, spec: Structured, *, where: str = "structured output") -> Constraint:
+        grammar = self.grammar(spec, where=where)
+        err = llguidance.LLMatcher.validate_grammar(grammar, self.tokenizer)
+        if err:
+            raise _bad(f"{where}: the {spec.kind} cannot be used: {_first_line(err)}", where)
+        matcher = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
+        if matcher.is_error():
+            raise _bad(f"{where}: the {spec.kind} cannot be used: {_first_line(matcher.get_error())}", where)
+        return Constraint(matcher)
+
+    def allowed_mask(self, constraints: list[Constraint | None], vocab: int,
+                     device: torch.device | str) -> torch.Tensor | None:
+        """One row per entry: the tokens each constrained sequence may sample next (all, where None)."""
+        rows = [(c.matcher, i) for i, c in enumerate(constraints) if c is not None]
+        if not rows:
+            return None
+        words = (vocab + 31) // 32
+        bitmask = torch.full((len(constraints), words), -1, dtype=torch.int32)
+        llguidance.torch.fill_next_token_bitmask_par(self._executor, rows, bitmask)
+        allowed = ((bitmask[:, :, None] >> _BITS) & 1).bool().reshape(len(constraints), words * 32)[:, :vocab]
+        return allowed.to(device)
+
+
+def _first_line(e) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
