@@ -7,19 +7,11 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-import { errorMessage, oneLine } from './model';
+import { errorMessage, IRequester, oneLine, PotluckError } from './model';
 
-/** An answer that was not a success, with the engine's (or the server's) one-line reason. */
-export class PotluckError extends Error {
-  constructor(
-    message: string,
-    readonly status: number
-  ) {
-    super(message);
-  }
-}
+export { PotluckError };
 
-export class PotluckAPI {
+export class PotluckAPI implements IRequester {
   constructor(readonly settings: ServerConnection.ISettings = ServerConnection.makeSettings()) {}
 
   url(path: string): string {

@@ -1,8 +1,9 @@
 /**
  * jupyter-potluck: Potluck in JupyterLab. A status-bar item with my token use and KV pages
  * against my quota and the engine's queue; a "Potluck" side panel with the engine, my quota,
- * my runs (live output, cancel), my saved contexts, and for hub admins every user's usage
- * and quota (editable) and every run (cancellable).
+ * my runs (live output, cancel), my saved contexts; and for engine admins (`/api/me` says
+ * `is_admin`) the admin dashboard in the main area: a command, a launcher item and a button in
+ * the panel, none of them shown to other users.
  */
 
 import {
@@ -11,10 +12,13 @@ import {
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
+import { PageConfig, URLExt } from '@jupyterlab/coreutils';
+import { ILauncher } from '@jupyterlab/launcher';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 
 import { PotluckAPI } from './api';
+import { DashboardWidget } from './dashboardwidget';
 import { PotluckPanel } from './panel';
 import { PotluckState } from './state';
 import { PotluckStatusItem } from './statusitem';
@@ -29,20 +33,29 @@ const potIconSvg = `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="1
 export const potluckIcon = new LabIcon({ name: 'jupyter-potluck:pot', svgstr: potIconSvg });
 
 export const OPEN_PANEL = 'potluck:open-panel';
+export const OPEN_DASHBOARD = 'potluck:open-dashboard';
+
+/** The Hub's admin page (where group quotas are edited), when this lab runs under a Hub. */
+function hubAdminUrl(): string | null {
+  const prefix = PageConfig.getOption('hubPrefix');
+  return prefix ? URLExt.join(PageConfig.getOption('hubHost') || '', prefix, 'admin') : null;
+}
 
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'jupyter-potluck:plugin',
   description: 'Potluck: shared LLM engine usage, quota, runs and the admin view.',
   autoStart: true,
-  optional: [IStatusBar, ICommandPalette, ILayoutRestorer],
+  optional: [IStatusBar, ICommandPalette, ILayoutRestorer, ILauncher],
   activate: (
     app: JupyterFrontEnd,
     statusBar: IStatusBar | null,
     palette: ICommandPalette | null,
-    restorer: ILayoutRestorer | null
+    restorer: ILayoutRestorer | null,
+    launcher: ILauncher | null
   ) => {
     const state = new PotluckState(new PotluckAPI());
-    const panel = new PotluckPanel(state, potluckIcon);
+    const isAdmin = () => !!state.me && state.me.isAdmin;
+    const panel = new PotluckPanel(state, potluckIcon, () => void app.commands.execute(OPEN_DASHBOARD));
     app.shell.add(panel, 'right', { rank: 900 });
     if (restorer) {
       restorer.add(panel, 'potluck-panel');
@@ -59,6 +72,35 @@ const plugin: JupyterFrontEndPlugin<void> = {
     if (palette) {
       palette.addItem({ command: OPEN_PANEL, category: 'Potluck' });
     }
+
+    // One dashboard at a time; it polls only while shown. Non-admins never see the command.
+    let dashboard: DashboardWidget | null = null;
+    app.commands.addCommand(OPEN_DASHBOARD, {
+      label: 'Potluck Admin Dashboard',
+      caption: "Every user's and group's quota and usage over time, latency, overrides and runs (engine admins)",
+      icon: potluckIcon,
+      isVisible: isAdmin,
+      isEnabled: isAdmin,
+      execute: () => {
+        if (!dashboard || dashboard.isDisposed) {
+          dashboard = new DashboardWidget(state.api, hubAdminUrl());
+          dashboard.title.icon = potluckIcon;
+          app.shell.add(dashboard, 'main');
+        }
+        app.shell.activateById(dashboard.id);
+      }
+    });
+    // The palette and launcher items appear once /api/me has said this user is an engine admin.
+    let adminItems = false;
+    state.changed.connect(() => {
+      app.commands.notifyCommandChanged(OPEN_DASHBOARD);
+      if (adminItems || !isAdmin()) {
+        return;
+      }
+      adminItems = true;
+      palette?.addItem({ command: OPEN_DASHBOARD, category: 'Potluck' });
+      launcher?.add({ command: OPEN_DASHBOARD, category: 'Other', rank: 50 });
+    });
 
     if (statusBar) {
       const item = new PotluckStatusItem(state, () => void app.commands.execute(OPEN_PANEL));

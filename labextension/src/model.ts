@@ -6,6 +6,40 @@
 
 export type Level = 'ok' | 'warning' | 'critical' | 'error';
 
+/** An answer that was not a success, with the engine's (or the server's) one-line reason. */
+export class PotluckError extends Error {
+  constructor(
+    message: string,
+    readonly status: number
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * A JSON request to the engine's API (`path` relative to `api/`), the parsed answer or a
+ * `PotluckError`: the lab's same-origin proxy (`api.ts`) or the engine's own page (`standalone.ts`).
+ */
+export interface IRequester {
+  request<T = any>(path: string, method?: string, body?: unknown): Promise<T>;
+}
+
+/**
+ * Whether a failed request means the engine cannot be reached at all (rather than that it
+ * refused): no answer (status 0), the server extension's 502 "cannot reach the engine", or a
+ * 503/504 (the engine is not running yet, or the Hub in front of it is down).
+ */
+export function isUnreachable(status: number): boolean {
+  return status === 0 || status === 502 || status === 503 || status === 504;
+}
+
+/** What the panel says about a failed request: "engine unreachable: <reason>", or the reason. */
+export function failureText(err: unknown): string {
+  const message = oneLine(String((err as Error)?.message || err || 'unknown error'));
+  const status = err instanceof PotluckError ? err.status : typeof (err as any)?.status === 'number' ? (err as any).status : -1;
+  return isUnreachable(status) ? `engine unreachable: ${message}` : message;
+}
+
 /** Share of a limit at which the status item turns to the warning / critical colour. */
 export const WARN_AT = 0.8;
 export const CRITICAL_AT = 0.95;
@@ -507,6 +541,36 @@ export function formatQuotaValue(field: string, value: QuotaValue | undefined): 
     return formatCount(value);
   }
   return String(value);
+}
+
+/**
+ * Where a tenant's quota comes from, in one line: the fields set by each source other than the
+ * defaults ("user override: weight, kv_pages · group:students: tokens_per_minute"), or "defaults".
+ */
+export function quotaSourceSummary(source: { [field: string]: string } | null): string {
+  if (!source) {
+    return '';
+  }
+  const by: { [src: string]: string[] } = {};
+  for (const field of QUOTA_FIELDS.concat(Object.keys(source).filter(f => QUOTA_FIELDS.indexOf(f) < 0))) {
+    const src = source[field];
+    if (src && src !== 'default') {
+      (by[src] = by[src] || []).push(field);
+    }
+  }
+  const parts = Object.keys(by)
+    .sort((a, b) => (a === 'user' ? -1 : b === 'user' ? 1 : a < b ? -1 : 1))
+    .map(src => `${quotaSourceLabel(src)}: ${by[src].join(', ')}`);
+  return parts.length ? parts.join(' · ') : 'defaults';
+}
+
+/** A partial quota (a group's property, an override) in one line: "tokens_per_minute=5000, kv_pages=∞". */
+export function formatQuotaFields(fields: { [field: string]: QuotaValue } | null): string {
+  if (!fields) {
+    return '';
+  }
+  const names = QUOTA_FIELDS.filter(f => f in fields).concat(Object.keys(fields).filter(f => QUOTA_FIELDS.indexOf(f) < 0));
+  return names.map(f => `${f}=${formatQuotaValue(f, fields[f])}`).join(', ');
 }
 
 /** Where a quota value came from, as the panel says it: "default", "group:students", "user override". */

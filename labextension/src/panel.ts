@@ -1,129 +1,45 @@
 /**
  * The "Potluck" side panel: the engine, my quota (and where each value comes from), my runs
- * with their live output and a cancel button, my saved contexts, my recent latency; for hub
- * admins every tenant's usage, latency and quota (editable) and every run (cancellable).
+ * with their live output and a cancel button, my saved contexts, my recent latency; for engine
+ * admins a button that opens the admin dashboard (a main-area view: a sidebar is too narrow
+ * for every user's tables and charts). When the engine cannot be reached it says so, with the
+ * reason, instead of "no runs" and "no saved contexts".
  *
- * Plain DOM, updated in place (rows are keyed by run id, context name, tenant), so a refresh
- * never throws away a button under the pointer or a half-filled form.
+ * Plain DOM, updated in place (rows are keyed by run id and context name), so a refresh
+ * never throws away a button under the pointer.
  */
 
 import { LabIcon } from '@jupyterlab/ui-components';
 import { Poll } from '@lumino/polling';
 import { Widget } from '@lumino/widgets';
 
-import { PotluckError } from './api';
+import { el, section, setText, syncRows, table, td } from './dom';
 import {
-  activeRunsByOwner,
-  EDITABLE_QUOTA_FIELDS,
   eventText,
+  failureText,
   formatAge,
   formatBytes,
   formatCompact,
-  formatCount,
-  formatLatencyPair,
   formatQuotaValue,
   IMe,
   IRun,
   ISavedContext,
-  ITenant,
   latencyRows,
   Level,
   oneLine,
   parseContexts,
   parseRuns,
-  parseTenants,
   QUOTA_FIELDS,
   QUOTA_LABELS,
-  quotaInputText,
-  quotaOverrideFromForm,
   quotaSourceLabel,
   runEnded,
-  usageLevel,
-  worstLevel
+  usageLevel
 } from './model';
 import { PANEL_INTERVAL, PotluckState } from './state';
 
 /** Runs shown (newest first) and followed live; output kept per run (characters). */
 const MAX_RUNS_SHOWN = 20;
 const MAX_OUTPUT_CHARS = 64 * 1024;
-
-function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  cls?: string,
-  text?: string
-): HTMLElementTagNameMap[K] {
-  const e = document.createElement(tag);
-  if (cls) {
-    e.className = cls;
-  }
-  if (text !== undefined) {
-    e.textContent = text;
-  }
-  return e;
-}
-
-function setText(e: Element | null, text: string): void {
-  if (e && e.textContent !== text) {
-    e.textContent = text;
-  }
-}
-
-/** A table with a header row; rows go in its tbody. */
-function table(cls: string, headers: string[]): HTMLTableElement {
-  const t = el('table', `jp-Potluck-table ${cls}`);
-  const tr = el('tr');
-  for (const h of headers) {
-    tr.appendChild(el('th', undefined, h));
-  }
-  t.createTHead().appendChild(tr);
-  t.createTBody();
-  return t;
-}
-
-/** Make `tbody`'s rows the items' rows, in order: reuse a row by its key, create missing ones, drop the rest. */
-function syncRows<T>(
-  tbody: HTMLTableSectionElement,
-  items: T[],
-  attr: string,
-  key: (item: T) => string,
-  create: (item: T) => HTMLTableRowElement,
-  update: (row: HTMLTableRowElement, item: T) => void
-): void {
-  const existing = new Map<string, HTMLTableRowElement>();
-  for (const row of Array.from(tbody.rows)) {
-    existing.set(row.getAttribute(attr) || '', row);
-  }
-  let prev: Element | null = null;
-  for (const item of items) {
-    const k = key(item);
-    let row = existing.get(k);
-    if (row) {
-      existing.delete(k);
-    } else {
-      row = create(item);
-      row.setAttribute(attr, k);
-    }
-    update(row, item);
-    const want: Element | null = prev ? prev.nextElementSibling : tbody.firstElementChild;
-    if (want !== row) {
-      tbody.insertBefore(row, want);
-    }
-    prev = row;
-  }
-  for (const row of existing.values()) {
-    row.remove();
-  }
-}
-
-function td(cls: string): HTMLTableCellElement {
-  return el('td', cls);
-}
-
-function section(cls: string, heading: string): HTMLElement {
-  const s = el('section', `jp-Potluck-section ${cls}`);
-  s.appendChild(el('h3', 'jp-Potluck-heading', heading));
-  return s;
-}
 
 /** Live output of one run, from its events WebSocket (past events replayed, then live ones). */
 interface IStream {
@@ -144,7 +60,8 @@ const USED: { [field: string]: (me: IMe) => number } = {
 export class PotluckPanel extends Widget {
   constructor(
     readonly state: PotluckState,
-    icon?: LabIcon
+    icon?: LabIcon,
+    readonly openDashboard: (() => void) | null = null
   ) {
     super();
     this.id = 'potluck-panel';
@@ -212,32 +129,47 @@ export class PotluckPanel extends Widget {
   /** Fetch everything the panel shows now (also after a cancel or delete). */
   async refresh(): Promise<void> {
     await this.state.refreshSummary();
-    const me = this.state.me;
     const errors: string[] = [];
     const get = async <T>(path: string, parse: (b: unknown) => T): Promise<T | null> => {
       try {
         return parse(await this.state.api.request(path));
       } catch (e) {
-        errors.push((e as Error).message);
+        errors.push(failureText(e));
         return null;
       }
     };
-    const isAdmin = !!me && me.isAdmin;
-    const [runs, contexts, tenants, allRuns] = await Promise.all([
-      get('runs', parseRuns),
-      get('contexts', parseContexts),
-      isAdmin ? get('admin/tenants', parseTenants) : Promise.resolve(null),
-      isAdmin ? get('admin/runs', parseRuns) : Promise.resolve(null)
-    ]);
+    const [runs, contexts] = await Promise.all([get('runs', parseRuns), get('contexts', parseContexts)]);
+    this._unknown(this._runsEmpty, runs === null, 'My runs');
+    this._unknown(this._contextsEmpty, contexts === null, 'My saved contexts');
     if (runs) {
       this._renderRuns(runs);
     }
     if (contexts) {
       this._renderContexts(contexts);
     }
-    this._renderAdmin(isAdmin, tenants, allRuns);
+    this._renderAdmin(!!this.state.me && this.state.me.isAdmin);
     this._fetchError = errors.length ? errors[0] : null;
     this._renderError();
+  }
+
+  /**
+   * A list that could not be fetched says so instead of "No ...": its rows are the last ones
+   * seen (greyed), and the reason is in the error line at the top.
+   */
+  private _unknown(empty: HTMLElement, unknown: boolean, what: string): void {
+    if (!empty.dataset.emptyText) {
+      empty.dataset.emptyText = empty.textContent || '';
+    }
+    const list = empty.previousElementSibling as HTMLElement | null;
+    list?.classList.toggle('jp-Potluck-stale', unknown);
+    empty.classList.toggle('jp-Potluck-unknown', unknown);
+    if (unknown) {
+      const reason = this.state.error || '';
+      setText(empty, `${what}: unknown, ${reason.startsWith('engine unreachable') ? 'the engine is unreachable' : 'the engine did not answer'}.`);
+      empty.hidden = false;
+    } else {
+      setText(empty, empty.dataset.emptyText);
+    }
   }
 
   protected onAfterShow(): void {
@@ -348,7 +280,7 @@ export class PotluckPanel extends Widget {
       await action();
       this._actionError = null;
     } catch (e) {
-      this._actionError = e instanceof PotluckError ? e.message : oneLine(String((e as Error).message || e));
+      this._actionError = failureText(e);
     } finally {
       if (button) {
         button.disabled = false;
@@ -505,187 +437,26 @@ export class PotluckPanel extends Widget {
     this._contextsEmpty.hidden = contexts.length > 0;
   }
 
-  // ------------------------------------------------------------ admin view
+  // ------------------------------------------------------------ admins: the dashboard
 
-  private _renderAdmin(isAdmin: boolean, tenants: ITenant[] | null, runs: IRun[] | null): void {
-    if (!isAdmin) {
+  /** For engine admins, a button that opens the admin dashboard in the main area. */
+  private _renderAdmin(isAdmin: boolean): void {
+    if (!isAdmin || !this.openDashboard) {
       this._admin?.remove();
       this._admin = null;
       return;
     }
     if (!this._admin) {
       const admin = section('jp-Potluck-admin', 'All users (admin)');
-      this._tenants = table('jp-Potluck-tenants', ['user', 'usage / quota', 'latency p50 / p99', '']);
-      admin.appendChild(this._tenants);
-      this._formHost = el('div', 'jp-Potluck-formHost');
-      admin.appendChild(this._formHost);
-      admin.appendChild(el('h4', 'jp-Potluck-subheading', 'All runs'));
-      this._adminRuns = table('jp-Potluck-adminRuns', ['user / run', 'state', 'age', '']);
-      admin.appendChild(this._adminRuns);
+      admin.appendChild(el('p', 'jp-Potluck-hint',
+        "Every user's and group's quota and usage over time, latency, quota overrides and everyone's runs."));
+      const open = el('button', 'jp-Button jp-mod-styled jp-mod-accept jp-Potluck-openDashboard', 'Open the admin dashboard');
+      const go = this.openDashboard;
+      open.addEventListener('click', () => go());
+      admin.appendChild(open);
       this.node.appendChild(admin);
       this._admin = admin;
     }
-    const activeByOwner = runs ? activeRunsByOwner(runs, this.state.runStates) : {};
-    if (tenants) {
-      this._lastTenants = tenants;
-      syncRows(
-        this._tenants!.tBodies[0],
-        tenants,
-        'data-tenant',
-        t => t.name,
-        t => {
-          const tr = el('tr');
-          tr.append(td('jp-Potluck-tenantName'), td('jp-Potluck-tenantUsage'), td('jp-Potluck-tenantLatency'),
-            td('jp-Potluck-tenantActions'));
-          for (const cls of ['Minute', 'Day', 'Pages', 'Runs']) {
-            tr.cells[1].appendChild(el('span', `jp-Potluck-tenant${cls}`));
-          }
-          for (const cls of ['Ttft', 'Tbt']) {
-            tr.cells[2].appendChild(el('span', `jp-Potluck-tenant${cls}`));
-          }
-          const b = el('button', 'jp-Button jp-mod-styled jp-mod-accept jp-Potluck-button jp-Potluck-editQuota', 'Edit');
-          b.title = `Set ${t.name}'s quota override`;
-          b.addEventListener('click', () => this._openQuotaForm(t.name));
-          tr.cells[3].appendChild(b);
-          return tr;
-        },
-        (tr, t) => {
-          const q = t.quota || {};
-          const lim = (f: string) => (typeof q[f] === 'number' ? (q[f] as number) : null);
-          const u = t.usage;
-          const groups = t.groups.length ? ` (${t.groups.join(', ')})` : '';
-          setText(tr.cells[0], `${t.name}${groups}${t.override ? ' *' : ''}`);
-          tr.cells[0].title = [
-            t.override ? `user override: ${JSON.stringify(t.override)}` : 'quota from the defaults and groups',
-            t.live ? '' : 'not seen since the engine started',
-            t.totalTokens === null ? '' : `tokens in all: ${t.totalTokens}`
-          ].filter(x => x).join('\n');
-          const parts = tr.cells[1].children;
-          setText(parts[0], u ? `${u.tokensLastMinute}/${formatCount(lim('tokens_per_minute'))} tok/min` : 'not active');
-          setText(parts[1], u ? `${u.tokensToday}/${formatCount(lim('tokens_per_day'))} tok/day` : '');
-          setText(parts[2], t.quota ? `${t.kvPages}/${formatCount(lim('kv_pages'))} pages` : '');
-          const active = runs ? activeByOwner[t.name] || 0 : u ? u.activeRuns : 0;
-          setText(parts[3], `${active}/${formatCount(lim('max_runs'))} runs`);
-          // Empty for a tenant without generations, or from an engine that reports no latency.
-          const l = t.latency && t.latency.generations > 0 ? t.latency : null;
-          const ttft = l ? formatLatencyPair(l.ttftP50Ms, l.ttftP99Ms) : '';
-          const tbt = l ? formatLatencyPair(l.tbtP50Ms, l.tbtP99Ms) : '';
-          const lat = tr.cells[2].children;
-          setText(lat[0], ttft ? `first ${ttft}` : '');
-          setText(lat[1], tbt ? `between ${tbt}` : '');
-          tr.cells[2].title = l
-            ? `time to first token and between tokens (p50 / p99) over ${t.name}'s last ${l.generations} generations`
-            : '';
-          tr.dataset.level = u
-            ? worstLevel([usageLevel(u.tokensLastMinute, lim('tokens_per_minute')),
-              usageLevel(u.tokensToday, lim('tokens_per_day')), usageLevel(t.kvPages, lim('kv_pages'))])
-            : 'ok';
-        }
-      );
-    }
-    if (runs) {
-      const now = Date.now();
-      syncRows(
-        this._adminRuns!.tBodies[0],
-        runs,
-        'data-admin-run',
-        r => `${r.owner}/${r.id}`,
-        r => {
-          const tr = el('tr');
-          tr.dataset.owner = r.owner;
-          // The owner with the run id under it: five columns do not fit a sidebar.
-          const who = td('jp-Potluck-adminRunOwner');
-          who.append(el('span', 'jp-Potluck-adminRunUser'), el('span', 'jp-Potluck-adminRunId'));
-          tr.append(who, td('jp-Potluck-adminRunState'), td('jp-Potluck-adminRunAge'), td('jp-Potluck-adminRunActions'));
-          return tr;
-        },
-        (tr, r) => {
-          const [user, id] = Array.from(tr.cells[0].children) as HTMLElement[];
-          setText(user, r.owner);
-          setText(id, r.id);
-          setText(tr.cells[1], r.state);
-          tr.cells[1].title = r.error || '';
-          tr.title = `${r.owner}'s run ${r.id}: ${formatCompact(r.tokens)} tokens, ${formatCompact(r.fuel)} fuel`;
-          setText(tr.cells[2], formatAge(r.created, now));
-          this._cancelButton(tr.cells[3], !runEnded(r.state, this.state.runStates), 'jp-Potluck-adminCancel', `Cancel ${r.owner}'s run ${r.id}`,
-            () => this.state.api.request(
-              `admin/runs/${encodeURIComponent(r.owner)}/${encodeURIComponent(r.id)}`, 'DELETE'));
-        }
-      );
-    }
-  }
-
-  /** The quota override form for one user: a field per quota value, blank = from defaults and groups. */
-  private _openQuotaForm(name: string): void {
-    const host = this._formHost!;
-    host.textContent = '';
-    const t = this._lastTenants.find(x => x.name === name);
-    const form = el('form', 'jp-Potluck-quotaForm');
-    form.dataset.tenant = name;
-    form.appendChild(el('h4', 'jp-Potluck-subheading', `Quota override for ${name}`));
-    form.appendChild(el('p', 'jp-Potluck-hint',
-      'Blank: the value comes from the defaults and groups. "none": no limit. Saving replaces the whole override.'));
-    const inputs: { [field: string]: HTMLInputElement } = {};
-    const grid = el('div', 'jp-Potluck-formGrid');
-    for (const f of EDITABLE_QUOTA_FIELDS.concat(['models'])) {
-      const label = el('label', 'jp-Potluck-formLabel', f);
-      const input = el('input', 'jp-mod-styled jp-Potluck-formInput');
-      input.name = f;
-      input.type = 'text';
-      input.value = quotaInputText(t?.override?.[f]);
-      const eff = t?.quota?.[f];
-      input.placeholder = eff === undefined ? '' : `${formatQuotaValue(f, eff)} (${quotaSourceLabel(t?.quotaSource?.[f])})`;
-      label.htmlFor = input.id = `potluck-quota-${f}`;
-      inputs[f] = input;
-      grid.append(label, input);
-    }
-    form.appendChild(grid);
-    const msg = el('div', 'jp-Potluck-formError');
-    const save = el('button', 'jp-Button jp-mod-styled jp-mod-accept jp-Potluck-saveQuota', 'Save');
-    save.type = 'submit';
-    const clear = el('button', 'jp-Button jp-mod-styled jp-mod-warn jp-Potluck-clearQuota', 'Reset');
-    clear.title = 'Remove the override: every value from the defaults and groups again';
-    clear.type = 'button';
-    const close = el('button', 'jp-Button jp-mod-styled jp-mod-reject jp-Potluck-closeQuota', 'Close');
-    close.type = 'button';
-    const buttons = el('div', 'jp-Potluck-formButtons');
-    buttons.append(save, clear, close);
-    form.append(msg, buttons);
-    const path = `admin/quotas/users/${encodeURIComponent(name)}`;
-    form.addEventListener('submit', (e: Event) => {
-      e.preventDefault();
-      const texts: { [field: string]: string } = {};
-      for (const f of Object.keys(inputs)) {
-        texts[f] = inputs[f].value;
-      }
-      let body;
-      try {
-        body = quotaOverrideFromForm(texts);
-      } catch (err) {
-        setText(msg, (err as Error).message);
-        return;
-      }
-      void this._act(save, async () => {
-        await this.state.api.request(path, 'PUT', body);
-        host.textContent = '';
-      });
-    });
-    clear.addEventListener('click', () =>
-      void this._act(clear, async () => {
-        try {
-          await this.state.api.request(path, 'DELETE');
-        } catch (e) {
-          if (!(e instanceof PotluckError && e.status === 404)) {
-            throw e;
-          }
-        }
-        host.textContent = '';
-      }));
-    close.addEventListener('click', () => {
-      host.textContent = '';
-    });
-    host.appendChild(form);
-    inputs[EDITABLE_QUOTA_FIELDS[0]].focus();
   }
 
   private _poll: Poll;
@@ -701,10 +472,6 @@ export class PotluckPanel extends Widget {
   private _contexts: HTMLTableElement;
   private _contextsEmpty: HTMLElement;
   private _admin: HTMLElement | null = null;
-  private _tenants: HTMLTableElement | null = null;
-  private _adminRuns: HTMLTableElement | null = null;
-  private _formHost: HTMLElement | null = null;
-  private _lastTenants: ITenant[] = [];
   private _streams = new Map<string, IStream>();
   private _fetchError: string | null = null;
   private _actionError: string | null = null;

@@ -7,7 +7,7 @@ import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { PotluckAPI } from './api';
-import { DEFAULT_RUN_STATES, IEngineStatus, IMe, IRunStates, parseMe, parseStatus } from './model';
+import { DEFAULT_RUN_STATES, failureText, IEngineStatus, IMe, IRunStates, parseMe, parseStatus } from './model';
 
 /** The status bar refreshes this often (ms); the panel, while shown, every PANEL_INTERVAL. */
 export const SUMMARY_INTERVAL = 5000;
@@ -26,7 +26,7 @@ export class PotluckState {
   readonly poll: Poll;
   me: IMe | null = null;
   status: IEngineStatus | null = null;
-  /** The one-line reason the engine cannot be used right now, or null. */
+  /** The one-line reason the engine cannot be used right now ("engine unreachable: ..."), or null. */
   error: string | null = null;
 
   /** The engine's run states (the defaults until its status has been read). */
@@ -48,12 +48,12 @@ export class PotluckState {
     if (status.status === 'fulfilled') {
       this.status = parseStatus(status.value);
     } else {
-      errors.push((status.reason as Error).message);
+      errors.push(failureText(status.reason));
     }
     if (me.status === 'fulfilled') {
       this.me = parseMe(me.value);
     } else {
-      errors.push((me.reason as Error).message);
+      errors.push(failureText(me.reason));
     }
     this.error = errors.length ? errors[0] : null;
     this._changed.emit();

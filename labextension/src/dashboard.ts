@@ -1,0 +1,506 @@
+/**
+ * The admin dashboard: every tenant and Hub group with quota, where it comes from and usage;
+ * usage over time per user and per group (SVG line charts); each tenant's latency; per-user
+ * quota overrides (edit, reset); everyone's runs with cancel.
+ *
+ * Plain DOM in `node`, no JupyterLab imports: the lab shows it in a main-area widget (through
+ * the server extension's proxy), and the engine serves it at its own base URL for hub admins in
+ * a plain browser (`standalone.ts`). Whoever shows it calls `refresh()` (on a poll).
+ * Group quotas are the Hub's (each group's `potluck` property): shown here, edited in the Hub.
+ */
+
+import { el, section, setText, syncRows, table, td } from './dom';
+import {
+  IRange,
+  ISeries,
+  IUsageHistory,
+  linePath,
+  Metric,
+  METRIC_LABELS,
+  niceMax,
+  parseUsageHistory,
+  RANGES,
+  rangeOf,
+  historyPath,
+  seriesColor,
+  timeTicks,
+  topSeries,
+  total,
+  yTicks
+} from './history';
+import {
+  DEFAULT_RUN_STATES,
+  EDITABLE_QUOTA_FIELDS,
+  failureText,
+  formatAge,
+  formatCompact,
+  formatCount,
+  formatLatencyPair,
+  formatQuotaFields,
+  formatQuotaValue,
+  IRequester,
+  IRun,
+  IRunStates,
+  ITenant,
+  oneLine,
+  parseRuns,
+  parseStatus,
+  parseTenants,
+  PotluckError,
+  quotaInputText,
+  quotaOverrideFromForm,
+  quotaSourceLabel,
+  quotaSourceSummary,
+  runEnded,
+  usageLevel,
+  worstLevel
+} from './model';
+
+const SVG = 'http://www.w3.org/2000/svg';
+const CHART_W = 560;
+const CHART_H = 160;
+const AXIS_LEFT = 48;
+const AXIS_BOTTOM = 20;
+
+export interface IDashboardOptions {
+  requester: IRequester;
+  /** Where group quotas are edited (the Hub's admin page), when known. */
+  hubAdminUrl?: string | null;
+}
+
+function svg<K extends keyof SVGElementTagNameMap>(tag: K, attrs: { [k: string]: string | number } = {}): SVGElementTagNameMap[K] {
+  const e = document.createElementNS(SVG, tag);
+  for (const k of Object.keys(attrs)) {
+    e.setAttribute(k, String(attrs[k]));
+  }
+  return e;
+}
+
+export class Dashboard {
+  constructor(readonly options: IDashboardOptions) {
+    const node = (this.node = el('div', 'jp-PotluckDash'));
+    const header = el('div', 'jp-PotluckDash-header');
+    header.appendChild(el('h2', 'jp-Potluck-title', 'Potluck admin dashboard'));
+    this._engine = el('span', 'jp-PotluckDash-engine');
+    header.appendChild(this._engine);
+    const controls = el('div', 'jp-PotluckDash-controls');
+    this._range = el('select', 'jp-mod-styled jp-PotluckDash-range');
+    this._range.title = 'Time range of the usage charts';
+    for (const r of RANGES) {
+      const o = el('option', undefined, r.label);
+      o.value = r.key;
+      this._range.appendChild(o);
+    }
+    this._metric = el('select', 'jp-mod-styled jp-PotluckDash-metric');
+    this._metric.title = 'What the charts show per minute or hour';
+    for (const m of Object.keys(METRIC_LABELS) as Metric[]) {
+      const o = el('option', undefined, METRIC_LABELS[m]);
+      o.value = m;
+      this._metric.appendChild(o);
+    }
+    this._range.addEventListener('change', () => void this.refresh());
+    this._metric.addEventListener('change', () => this._renderCharts());
+    this._updated = el('span', 'jp-PotluckDash-updated');
+    controls.append(this._range, this._metric, this._updated);
+    header.appendChild(controls);
+    node.appendChild(header);
+
+    this._error = el('div', 'jp-Potluck-error jp-PotluckDash-error');
+    this._error.setAttribute('role', 'alert');
+    this._error.hidden = true;
+    node.appendChild(this._error);
+
+    const charts = section('jp-PotluckDash-charts', 'Usage over time');
+    const row = el('div', 'jp-PotluckDash-chartRow');
+    this._userChart = this._figure('users', 'per user');
+    this._groupChart = this._figure('groups', 'per group');
+    row.append(this._userChart, this._groupChart);
+    charts.appendChild(row);
+    node.appendChild(charts);
+
+    const users = section('jp-PotluckDash-usersSection', 'Users');
+    this._users = table('jp-PotluckDash-users', ['user', 'groups', 'tokens / min', 'tokens today', 'in range',
+      'all time', 'KV pages', 'runs', 'first token p50 / p99', 'between tokens p50 / p99', 'quota from', '']);
+    users.appendChild(this._users);
+    this._formHost = el('div', 'jp-Potluck-formHost');
+    users.appendChild(this._formHost);
+    node.appendChild(users);
+
+    const groups = section('jp-PotluckDash-groupsSection', 'Groups');
+    this._groups = table('jp-PotluckDash-groups', ['group', 'members', 'quota (potluck property)', 'tokens in range', 'status']);
+    groups.appendChild(this._groups);
+    const note = el('p', 'jp-Potluck-hint jp-PotluckDash-groupNote',
+      "Group quotas are each Hub group's potluck property: read-only here, edit them in the Hub's admin page " +
+      '(Admin → Groups → the group → properties, one flat key per field: potluck.tokens_per_minute = 5000). ' +
+      'Members are the users the engine has seen since it started.');
+    if (options.hubAdminUrl) {
+      const a = el('a', 'jp-PotluckDash-hubLink', 'Open the Hub admin page');
+      a.href = options.hubAdminUrl;
+      a.target = '_blank';
+      a.rel = 'noopener';
+      note.append(' ', a);
+    }
+    groups.appendChild(note);
+    node.appendChild(groups);
+
+    const runs = section('jp-PotluckDash-runsSection', 'Runs of everyone');
+    this._runs = table('jp-PotluckDash-runs', ['user', 'run', 'kind', 'state', 'tokens', 'fuel', 'age', '']);
+    this._runsEmpty = el('p', 'jp-Potluck-empty', 'No inferlet runs.');
+    runs.append(this._runs, this._runsEmpty);
+    node.appendChild(runs);
+  }
+
+  readonly node: HTMLElement;
+
+  /** Fetch everything and draw it (never throws: a failure is shown in the error line). */
+  async refresh(): Promise<void> {
+    const req = this.options.requester;
+    const range = rangeOf(this._range.value);
+    const errors: string[] = [];
+    const get = async <T>(path: string, parse: (b: unknown) => T): Promise<T | null> => {
+      try {
+        return parse(await req.request(path));
+      } catch (e) {
+        errors.push(failureText(e));
+        return null;
+      }
+    };
+    const [status, tenants, runs, history] = await Promise.all([
+      get('status', parseStatus),
+      get('admin/tenants', parseTenants),
+      get('admin/runs', parseRuns),
+      get(historyPath(range, Date.now()), b => parseUsageHistory(b))
+    ]);
+    if (status) {
+      this._runStates = status.runStates;
+      setText(this._engine, `${status.model} on ${status.deviceName} · queue ${status.queueDepth} · ` +
+        `${status.runningGenerations} generating · ${status.activeTenants} active users`);
+    }
+    if (history) {
+      this._history = history;
+      this._historyRange = range;
+    }
+    if (tenants) {
+      this._tenants = tenants;
+    }
+    this._renderCharts();
+    this._renderUsers(runs);
+    this._renderGroups();
+    if (runs) {
+      this._renderRuns(runs);
+    }
+    this._fetchError = errors.length ? errors[0] : null;
+    this._renderError();
+    if (!errors.length) {
+      setText(this._updated, `updated ${new Date().toLocaleTimeString()}`);
+    }
+  }
+
+  dispose(): void {
+    this.node.remove();
+  }
+
+  // ------------------------------------------------------------ charts
+
+  private _figure(kind: string, caption: string): HTMLElement {
+    const f = el('figure', 'jp-PotluckDash-chart');
+    f.dataset.kind = kind;
+    f.appendChild(el('figcaption', 'jp-PotluckDash-caption', caption));
+    const s = svg('svg', { viewBox: `0 0 ${CHART_W + AXIS_LEFT} ${CHART_H + AXIS_BOTTOM + 6}`, role: 'img' });
+    s.classList.add('jp-PotluckDash-svg');
+    f.appendChild(s);
+    f.appendChild(el('ul', 'jp-PotluckDash-legend'));
+    return f;
+  }
+
+  private _renderCharts(): void {
+    const h = this._history;
+    if (!h) {
+      return;
+    }
+    const metric = this._metric.value as Metric;
+    const per = h.resolution === 'hour' ? 'hour' : 'minute';
+    const groups: { [name: string]: IUsageHistory['users'][string] } = {};
+    for (const g of Object.keys(h.groups)) {
+      groups[g] = h.groups[g].points;
+    }
+    this._drawChart(this._userChart, topSeries(h.users, h, metric), h, `${METRIC_LABELS[metric]} per ${per}, per user`,
+      'No usage in this range.');
+    this._drawChart(this._groupChart, topSeries(groups, h, metric), h, `${METRIC_LABELS[metric]} per ${per}, per group`,
+      Object.keys(h.groups).length ? 'No group usage in this range.'
+        : 'No Hub groups seen (a standalone engine has none; under a Hub, members appear once they use the engine).');
+  }
+
+  private _drawChart(fig: HTMLElement, series: ISeries[], h: IUsageHistory, caption: string, empty: string): void {
+    setText(fig.querySelector('figcaption'), caption);
+    const s = fig.querySelector('svg') as SVGSVGElement;
+    s.textContent = '';
+    s.setAttribute('aria-label', caption);
+    const max = niceMax(Math.max(0, ...series.map(x => Math.max(...x.values))));
+    const plot = svg('g', { transform: `translate(${AXIS_LEFT},4)` });
+    for (const v of yTicks(max)) {
+      const y = CHART_H - (v / max) * CHART_H;
+      plot.appendChild(svg('line', { x1: 0, x2: CHART_W, y1: y, y2: y, class: 'jp-PotluckDash-grid' }));
+      const label = svg('text', { x: -4, y: y + 4, 'text-anchor': 'end', class: 'jp-PotluckDash-tick' });
+      label.textContent = formatCompact(v);
+      plot.appendChild(label);
+    }
+    const count = series.length ? series[0].values.length : 1;
+    for (const t of timeTicks(h)) {
+      const x = count > 1 ? (t.index / (count - 1)) * CHART_W : 0;
+      const label = svg('text', { x, y: CHART_H + 16, 'text-anchor': 'middle', class: 'jp-PotluckDash-tick' });
+      label.textContent = t.label;
+      plot.appendChild(label);
+    }
+    series.forEach((x, i) => {
+      const path = svg('path', { d: linePath(x.values, CHART_W, CHART_H, max), stroke: seriesColor(x, i),
+        class: 'jp-PotluckDash-line', 'data-series': x.name, 'data-total': x.total });
+      const title = svg('title');
+      title.textContent = `${x.name}: ${formatCompact(x.total)} in this range`;
+      path.appendChild(title);
+      plot.appendChild(path);
+    });
+    if (!series.length) {
+      const t = svg('text', { x: CHART_W / 2, y: CHART_H / 2, 'text-anchor': 'middle', class: 'jp-PotluckDash-empty' });
+      t.textContent = empty;
+      plot.appendChild(t);
+    }
+    s.appendChild(plot);
+    const legend = fig.querySelector('ul') as HTMLUListElement;
+    legend.textContent = '';
+    series.forEach((x, i) => {
+      const li = el('li', 'jp-PotluckDash-legendItem');
+      li.dataset.series = x.name;
+      const swatch = el('span', 'jp-PotluckDash-swatch');
+      swatch.style.background = seriesColor(x, i);
+      li.append(swatch, el('span', 'jp-PotluckDash-seriesName', x.name),
+        el('span', 'jp-PotluckDash-seriesTotal', formatCompact(x.total)));
+      legend.appendChild(li);
+    });
+  }
+
+  // ------------------------------------------------------------ users
+
+  private _renderUsers(runs: IRun[] | null): void {
+    const h = this._history;
+    const active: { [owner: string]: number } = {};
+    for (const r of runs || []) {
+      if (!runEnded(r.state, this._runStates)) {
+        active[r.owner] = (active[r.owner] || 0) + 1;
+      }
+    }
+    syncRows(this._users.tBodies[0], this._tenants, 'data-tenant', t => t.name, t => {
+      const tr = el('tr');
+      for (const cls of ['Name', 'Groups', 'Minute', 'Day', 'Range', 'Total', 'Pages', 'Runs', 'Ttft', 'Tbt', 'Source', 'Actions']) {
+        tr.appendChild(td(`jp-PotluckDash-tenant${cls}`));
+      }
+      const b = el('button', 'jp-Button jp-mod-styled jp-mod-accept jp-Potluck-button jp-Potluck-editQuota', 'Edit');
+      b.title = `Set ${t.name}'s quota override`;
+      b.addEventListener('click', () => this._openQuotaForm(t.name));
+      tr.cells[11].appendChild(b);
+      return tr;
+    }, (tr, t) => {
+      const q = t.quota || {};
+      const lim = (f: string) => (typeof q[f] === 'number' ? (q[f] as number) : null);
+      const u = t.usage;
+      const c = tr.cells;
+      setText(c[0], `${t.name}${t.override ? ' *' : ''}`);
+      c[0].title = [t.override ? `user override: ${formatQuotaFields(t.override)}` : 'no user override',
+        t.live ? '' : 'not seen since the engine started'].filter(x => x).join('\n');
+      setText(c[1], t.groups.filter(g => !g.startsWith('scope:')).join(', '));
+      setText(c[2], u ? `${u.tokensLastMinute} / ${formatCount(lim('tokens_per_minute'))}` : '–');
+      setText(c[3], u ? `${u.tokensToday} / ${formatCount(lim('tokens_per_day'))}` : '–');
+      setText(c[4], h ? formatCompact(total(h.users[t.name] || [], 'tokens')) : '');
+      c[4].title = this._historyRange ? `tokens in the ${this._historyRange.label}` : '';
+      setText(c[5], t.totalTokens === null ? '' : formatCompact(t.totalTokens));
+      setText(c[6], t.quota ? `${t.kvPages} / ${formatCount(lim('kv_pages'))}` : '–');
+      const n = runs ? active[t.name] || 0 : u ? u.activeRuns : 0;
+      setText(c[7], `${n} / ${formatCount(lim('max_runs'))}`);
+      const l = t.latency && t.latency.generations > 0 ? t.latency : null;
+      setText(c[8], l ? formatLatencyPair(l.ttftP50Ms, l.ttftP99Ms) : '');
+      setText(c[9], l ? formatLatencyPair(l.tbtP50Ms, l.tbtP99Ms) : '');
+      c[8].title = c[9].title = l ? `over ${t.name}'s last ${l.generations} generations` : '';
+      setText(c[10], t.quotaSource ? quotaSourceSummary(t.quotaSource) : 'not seen since the engine started');
+      tr.dataset.level = u
+        ? worstLevel([usageLevel(u.tokensLastMinute, lim('tokens_per_minute')),
+          usageLevel(u.tokensToday, lim('tokens_per_day')), usageLevel(t.kvPages, lim('kv_pages'))])
+        : 'ok';
+    });
+  }
+
+  /** The quota override form for one user: a field per quota value, blank = from defaults and groups. */
+  private _openQuotaForm(name: string): void {
+    const host = this._formHost;
+    host.textContent = '';
+    const t = this._tenants.find(x => x.name === name);
+    const form = el('form', 'jp-Potluck-quotaForm');
+    form.dataset.tenant = name;
+    form.appendChild(el('h4', 'jp-Potluck-subheading', `Quota override for ${name}`));
+    form.appendChild(el('p', 'jp-Potluck-hint',
+      'Blank: the value comes from the defaults and groups. "none": no limit. Saving replaces the whole override.'));
+    const inputs: { [field: string]: HTMLInputElement } = {};
+    const grid = el('div', 'jp-Potluck-formGrid');
+    for (const f of EDITABLE_QUOTA_FIELDS.concat(['models'])) {
+      const label = el('label', 'jp-Potluck-formLabel', f);
+      const input = el('input', 'jp-mod-styled jp-Potluck-formInput');
+      input.name = f;
+      input.type = 'text';
+      input.value = quotaInputText(t?.override?.[f]);
+      const eff = t?.quota?.[f];
+      input.placeholder = eff === undefined ? '' : `${formatQuotaValue(f, eff)} (${quotaSourceLabel(t?.quotaSource?.[f])})`;
+      label.htmlFor = input.id = `potluck-dash-quota-${f}`;
+      inputs[f] = input;
+      grid.append(label, input);
+    }
+    form.appendChild(grid);
+    const msg = el('div', 'jp-Potluck-formError');
+    const save = el('button', 'jp-Button jp-mod-styled jp-mod-accept jp-Potluck-saveQuota', 'Save');
+    save.type = 'submit';
+    const clear = el('button', 'jp-Button jp-mod-styled jp-mod-warn jp-Potluck-clearQuota', 'Reset');
+    clear.title = 'Remove the override: every value from the defaults and groups again';
+    clear.type = 'button';
+    const close = el('button', 'jp-Button jp-mod-styled jp-mod-reject jp-Potluck-closeQuota', 'Close');
+    close.type = 'button';
+    const buttons = el('div', 'jp-Potluck-formButtons');
+    buttons.append(save, clear, close);
+    form.append(msg, buttons);
+    const path = `admin/quotas/users/${encodeURIComponent(name)}`;
+    form.addEventListener('submit', (e: Event) => {
+      e.preventDefault();
+      const texts: { [field: string]: string } = {};
+      for (const f of Object.keys(inputs)) {
+        texts[f] = inputs[f].value;
+      }
+      let body;
+      try {
+        body = quotaOverrideFromForm(texts);
+      } catch (err) {
+        setText(msg, (err as Error).message);
+        return;
+      }
+      void this._act(save, async () => {
+        await this.options.requester.request(path, 'PUT', body);
+        host.textContent = '';
+      });
+    });
+    clear.addEventListener('click', () =>
+      void this._act(clear, async () => {
+        try {
+          await this.options.requester.request(path, 'DELETE');
+        } catch (e) {
+          if (!(e instanceof PotluckError && e.status === 404)) {
+            throw e;
+          }
+        }
+        host.textContent = '';
+      }));
+    close.addEventListener('click', () => {
+      host.textContent = '';
+    });
+    host.appendChild(form);
+    form.scrollIntoView({ block: 'nearest' });
+    inputs[EDITABLE_QUOTA_FIELDS[0]].focus();
+  }
+
+  // ------------------------------------------------------------ groups
+
+  private _renderGroups(): void {
+    const h = this._history;
+    const names = h ? Object.keys(h.groups).sort() : [];
+    syncRows(this._groups.tBodies[0], names, 'data-group', g => g, () => {
+      const tr = el('tr');
+      for (const cls of ['Name', 'Members', 'Quota', 'Range', 'Status']) {
+        tr.appendChild(td(`jp-PotluckDash-group${cls}`));
+      }
+      return tr;
+    }, (tr, name) => {
+      const g = h!.groups[name];
+      const c = tr.cells;
+      setText(c[0], name);
+      setText(c[1], g.members.join(', '));
+      setText(c[2], g.quota && Object.keys(g.quota).length ? formatQuotaFields(g.quota) : 'none (defaults)');
+      setText(c[3], formatCompact(total(g.points, 'tokens')));
+      setText(c[4], g.error ? `unreadable, last good quota kept: ${oneLine(g.error)}` : 'ok');
+      tr.dataset.level = g.error ? 'critical' : 'ok';
+    });
+  }
+
+  // ------------------------------------------------------------ runs
+
+  private _renderRuns(runs: IRun[]): void {
+    const now = Date.now();
+    syncRows(this._runs.tBodies[0], runs, 'data-admin-run', r => `${r.owner}/${r.id}`, r => {
+      const tr = el('tr');
+      tr.dataset.owner = r.owner;
+      for (const cls of ['User', 'Id', 'Kind', 'State', 'Tokens', 'Fuel', 'Age', 'Actions']) {
+        tr.appendChild(td(`jp-PotluckDash-run${cls}`));
+      }
+      return tr;
+    }, (tr, r) => {
+      const c = tr.cells;
+      setText(c[0], r.owner);
+      setText(c[1], r.id);
+      c[1].title = r.id;
+      setText(c[2], r.kind);
+      setText(c[3], r.state);
+      c[3].title = r.error || '';
+      tr.dataset.state = r.state;
+      setText(c[4], formatCompact(r.tokens));
+      setText(c[5], formatCompact(r.fuel));
+      setText(c[6], formatAge(r.created, now));
+      let button = c[7].querySelector('button') as HTMLButtonElement | null;
+      if (runEnded(r.state, this._runStates)) {
+        button?.remove();
+      } else if (!button) {
+        const b = (button = el('button', 'jp-Button jp-mod-styled jp-mod-warn jp-Potluck-button jp-Potluck-adminCancel', 'Cancel'));
+        b.title = `Cancel ${r.owner}'s run ${r.id}`;
+        b.addEventListener('click', () => void this._act(b, () => this.options.requester.request(
+          `admin/runs/${encodeURIComponent(r.owner)}/${encodeURIComponent(r.id)}`, 'DELETE')));
+        c[7].appendChild(b);
+      }
+    });
+    this._runsEmpty.hidden = runs.length > 0;
+  }
+
+  // ------------------------------------------------------------ actions and errors
+
+  /** Run an action (save, reset, cancel); show its error, refresh right after. */
+  private async _act(button: HTMLButtonElement, action: () => Promise<unknown>): Promise<void> {
+    button.disabled = true;
+    try {
+      await action();
+      this._actionError = null;
+    } catch (e) {
+      this._actionError = failureText(e);
+    } finally {
+      button.disabled = false;
+    }
+    this._renderError();
+    await this.refresh();
+  }
+
+  private _renderError(): void {
+    const msg = this._actionError || this._fetchError;
+    this._error.hidden = !msg;
+    setText(this._error, msg ? oneLine(msg) : '');
+  }
+
+  private _engine: HTMLElement;
+  private _range: HTMLSelectElement;
+  private _metric: HTMLSelectElement;
+  private _updated: HTMLElement;
+  private _error: HTMLElement;
+  private _userChart: HTMLElement;
+  private _groupChart: HTMLElement;
+  private _users: HTMLTableElement;
+  private _formHost: HTMLElement;
+  private _groups: HTMLTableElement;
+  private _runs: HTMLTableElement;
+  private _runsEmpty: HTMLElement;
+  private _tenants: ITenant[] = [];
+  private _history: IUsageHistory | null = null;
+  private _historyRange: IRange | null = null;
+  private _runStates: IRunStates = DEFAULT_RUN_STATES;
+  private _fetchError: string | null = null;
+  private _actionError: string | null = null;
+}
