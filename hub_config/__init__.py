@@ -19,9 +19,11 @@ What it sets (each with the Hub's own traits, so ``jupyterhub --help-all`` expla
   JupyterHub 6, the ``user`` role before) and in ``c.Spawner.server_token_scopes``, so the
   ``JUPYTERHUB_API_TOKEN`` that servers and their kernels hold is accepted by the engine.
 - ``c.Spawner.environment["POTLUCK_URL"]``: where servers and kernels reach the engine.
-- ``c.JupyterHub.load_groups``: optional default groups with their ``potluck`` quota property.
-  Note that the Hub re-applies a loaded group's properties at every start: to keep the
-  quotas set in the admin page, give a group ``None`` (created empty, properties untouched).
+- ``c.JupyterHub.load_groups``: optional default groups, created with *no* properties (the Hub
+  re-applies ``load_groups`` properties at every start, which would undo admins' edits). Their
+  default quotas go to the managed engine (``--HubAuthenticator.seed_groups``), which writes
+  them as flat ``potluck.<field>`` properties only into a group that has no Potluck quota yet;
+  the service's role gets ``groups!group=<name>`` for exactly those groups.
 
 It never touches the engine's own state; per-user quota overrides live in the engine
 (``PUT /api/admin/quotas/users/{name}``).
@@ -75,8 +77,9 @@ def configure(c, *, engine_url: str | None = None, url: str = DEFAULT_URL, engin
     data_dir, model: shortcuts for ``--data-dir`` and ``--model`` of the managed engine.
     api_token: the service's Hub API token (needed for an external engine; generated for a managed one).
     admin_users: users who are engine admins without being hub admins (hub admins always are).
-    groups: default groups, ``{"students": {"tokens_per_minute": 20000}}``; each dict becomes
-        that group's ``potluck`` property (``None``: create the group, leave its properties alone).
+    groups: default groups, ``{"students": {"tokens_per_minute": 20000}}``: each is created, and
+        its quota seeded once, when the group has no Potluck quota (later edits in the Hub's
+        admin page survive restarts; other properties are never touched). ``None``: only create it.
     model_tiers: ``{"large": {"models": ["*"], "weight": 2}}``: a custom scope
         ``custom:potluck:tier:large`` per tier; users holding it (through a role) get those
         quota fields, merged like a group's.
@@ -110,9 +113,18 @@ def configure(c, *, engine_url: str | None = None, url: str = DEFAULT_URL, engin
         service["api_token"] = api_token
     c.JupyterHub.services = [s for s in _get(c.JupyterHub, "services", []) if s.get("name") != name] + [service]
 
-    # The engine reads who a token is with the token itself; its own token reads groups' quotas.
+    # The engine reads who a token is with the token itself; its own token reads groups' quotas,
+    # and may write the properties of the default groups it seeds (those groups only).
+    seeds = {g: dict(q) for g, q in (groups or {}).items() if q is not None}
     _add_role(c, {"name": f"{name}-service", "description": "The Potluck engine: read users and group quotas",
-                  "scopes": ["read:users", "read:groups"], "services": [name]})
+                  "scopes": ["read:users", "read:groups", *(f"groups!group={g}" for g in sorted(seeds))],
+                  "services": [name]})
+    if seeds:
+        if engine_url is not None:
+            print(f"potluck.hub_config: set c.HubAuthenticator.seed_groups = {seeds!r} "
+                  "in the external engine's potluck_config.py", file=sys.stderr)
+        else:
+            service["command"].append(f"--HubAuthenticator.seed_groups={json.dumps(seeds)}")
 
     custom = dict(_get(c.JupyterHub, "custom_scopes", {}))
     custom[ADMIN_SCOPE] = {"description": "Administer the Potluck engine: every tenant's usage, quotas and runs"}
@@ -165,14 +177,11 @@ def configure(c, *, engine_url: str | None = None, url: str = DEFAULT_URL, engin
     c.Spawner.environment = env
 
     if groups:
+        # No "properties" key: the Hub then leaves the group's properties as admins set them.
         load = dict(_get(c.JupyterHub, "load_groups", {}))
-        for gname, quota in groups.items():
+        for gname in groups:
             spec = dict(load.get(gname) or {})
             spec.setdefault("users", [])
-            if quota is not None:
-                props = dict(spec.get("properties") or {})
-                props[SERVICE_NAME] = dict(quota)
-                spec["properties"] = props
             load[gname] = spec
         c.JupyterHub.load_groups = load
 

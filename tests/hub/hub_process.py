@@ -3,7 +3,7 @@
 ``HubProcess`` starts ``jupyterhub`` (configurable-http-proxy from npm) with
 ``examples/jupyterhub_config.py`` loaded as it is, plus a small overlay that
 only changes what a test run must: free ports, a temporary directory, servers
-allowed to run as root, a small KV pool, and one test service ``e2e`` whose
+allowed to run as root, a small KV pool, a short cache of the Hub's answers, and one test service ``e2e`` whose
 token may manage users, groups, servers and tokens (the Hub REST API is
 how the test does everything an admin would).
 
@@ -65,7 +65,7 @@ c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120
 # A small KV pool for a shared 2-core machine; usage reaches the ledger quickly.
 svc = next(s for s in c.JupyterHub.services if s["name"] == "potluck")
-svc["command"] += ["--kv-pages=256", "--PotluckEngine.usage_flush_interval=1"]
+svc["command"] += ["--kv-pages=256", "--PotluckEngine.usage_flush_interval=1", "--HubAuthenticator.cache_seconds=2"]
 c.JupyterHub.services.append({{"name": "e2e", "api_token": {token!r}}})
 c.JupyterHub.load_roles.append({{"name": "e2e", "scopes": {scopes!r}, "services": ["e2e"]}})
 '''

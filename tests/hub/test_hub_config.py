@@ -55,10 +55,14 @@ def test_every_user_gets_access_on_jupyterhub_5_and_6(monkeypatch, major):
         assert user["scopes"] == ["self", "access:services!service=potluck"]
 
 
-def test_default_groups_carry_their_quota_as_the_potluck_property():
+def test_default_groups_are_created_without_properties_and_their_quota_seeded_by_the_engine():
     c = configured(groups={"students": {"tokens_per_minute": 5000}, "staff": None})
-    assert c.JupyterHub.load_groups["students"] == {"users": [], "properties": {"potluck": {"tokens_per_minute": 5000}}}
-    assert c.JupyterHub.load_groups["staff"] == {"users": []}     # properties left to the admin page
+    # No "properties": the Hub would re-apply them at every start, over admins' edits.
+    assert c.JupyterHub.load_groups == {"students": {"users": []}, "staff": {"users": []}}
+    arg = next(a for a in c.JupyterHub.services[0]["command"] if a.startswith("--HubAuthenticator.seed_groups="))
+    assert json.loads(arg.split("=", 1)[1]) == {"students": {"tokens_per_minute": 5000}}
+    role = next(r for r in c.JupyterHub.load_roles if r["name"] == "potluck-service")
+    assert set(role["scopes"]) == {"read:users", "read:groups", "groups!group=students"}
 
 
 def test_model_tiers_are_custom_scopes_the_engine_maps_to_quota():

@@ -38,6 +38,16 @@ def hub(tmp_path_factory):
     h.stop()
 
 
+def test_default_groups_are_seeded_as_flat_properties_the_admin_page_can_edit(hub):
+    # configure(groups=...) gave the engine the example's defaults; it wrote them into the empty groups.
+    deadline = time.monotonic() + 60
+    while not (props := hub.api("GET", "groups/students").json()["properties"]):
+        assert time.monotonic() < deadline, hub.log_tail()
+        time.sleep(0.5)
+    assert props["potluck.tokens_per_minute"] == "5000" and props["potluck.max_runs"] == "2"
+    assert all(isinstance(v, str) for v in props.values())
+
+
 @pytest.fixture(scope="module")
 def kernels(hub):
     """alice (researchers) and bob (students) with running servers and a Potluck kernel each."""
@@ -216,3 +226,56 @@ def test_inferlet_runs_in_the_kernel_and_others_cannot_see_it(hub, kernels):
     listed = call(hub, bob, "GET", "api/runs").json()
     listed = listed["runs"] if isinstance(listed, dict) else listed
     assert run_id not in {r["id"] for r in listed}
+
+
+def admin_page_apply(hub, group: str, **typed: str) -> dict:
+    """What the Hub's admin page sends on "Apply": every property, the typed values as strings."""
+    props = hub.api("GET", f"groups/{group}").json()["properties"]
+    props.update(typed)
+    hub.api("PUT", f"groups/{group}/properties", json=props)
+    return props
+
+
+def wait_for(what, check, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while not (got := check()):
+        assert time.monotonic() < deadline, f"{what} within {timeout} s"
+        time.sleep(0.5)
+    return got
+
+
+def test_a_quota_typed_in_the_admin_page_applies_and_an_unreadable_one_keeps_the_last_good(hub, kernels):
+    bob = hub.user_token("bob")
+    admin_page_apply(hub, PROBE_GROUP, **{"potluck.tokens_per_minute": "7000", "course": "ml101"})
+    me = wait_for("bob's typed quota applies",
+                  lambda: (m := call(hub, bob, "GET", "api/me").json())["quota"]["tokens_per_minute"] == 7000 and m)
+    assert me["quota_source"]["tokens_per_minute"] == f"group:{PROBE_GROUP}"
+    # A value the engine cannot read: bob keeps 7000 (never the more generous default), admins see why.
+    admin_page_apply(hub, PROBE_GROUP, **{"potluck.tokens_per_minute": "7k"})
+    ada = hub.user_token("ada")
+    metric = f'potluck_group_quota_unreadable{{group="{PROBE_GROUP}"}} 1.0'
+
+    def bob_still_7000_and_flagged():
+        # The engine reads a group when a member's request comes: bob asks, then the admin looks.
+        assert call(hub, bob, "GET", "api/me").json()["quota"]["tokens_per_minute"] == 7000
+        return metric in call(hub, ada, "GET", "metrics").text
+    wait_for("the unreadable value shows in /metrics", bob_still_7000_and_flagged)
+    assert "unreadable quota of group 'students'" in hub.log_path.read_text()
+
+
+def test_an_admin_edit_of_a_configured_group_survives_a_hub_restart(hub, kernels):
+    # Last in this module: the restart ends every server and kernel.
+    admin_page_apply(hub, "researchers", **{"potluck.tokens_per_minute": "12345", "course": "ml102"})
+    before = hub.api("GET", "groups/researchers").json()["properties"]
+    students = hub.api("GET", f"groups/{PROBE_GROUP}").json()["properties"]
+    for k in kernels.values():
+        k.close()
+    hub.stop()
+    hub.start()
+    assert hub.api("GET", "groups/researchers").json()["properties"] == before
+    assert hub.api("GET", f"groups/{PROBE_GROUP}").json()["properties"] == students
+    alice = hub.user_token("alice")
+    me = call(hub, alice, "GET", "api/me").json()
+    assert me["quota"]["tokens_per_minute"] == 12345 and me["quota_source"]["tokens_per_minute"] == "group:researchers"
+    # students' value is still unreadable: the restarted engine applies the last good one from its database.
+    assert call(hub, hub.user_token("bob"), "GET", "api/me").json()["quota"]["tokens_per_minute"] == 7000
