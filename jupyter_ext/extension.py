@@ -5,7 +5,11 @@ Loaded in every Jupyter server (single-user under a Hub, or a plain
 (and ``POTLUCK_TOKEN`` when a token is configured) into the server's
 environment, which every kernel it starts inherits; under a Hub the kernel
 also inherits ``JUPYTERHUB_API_TOKEN``, the server's token, which the engine
-accepts as this user. It never hands the token to the browser: the lab
+accepts as this user. So that every OpenAI client works with no arguments
+(``openai.OpenAI()``, LangChain, LiteLLM, jupyter-ai), it also exports
+``OPENAI_BASE_URL`` (the engine's ``/v1``) and ``OPENAI_API_KEY`` (the same
+token the kernels use), unless the user's environment already names another
+OpenAI endpoint or key. It never hands the token to the browser: the lab
 frontend goes through ``handlers.py`` on the same origin.
 """
 
@@ -14,7 +18,7 @@ from __future__ import annotations
 import os
 from urllib.parse import urlparse
 
-from traitlets import Float, Unicode
+from traitlets import Bool, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
 from potluck.engine.protocol import SERVICE_NAME
@@ -42,6 +46,13 @@ class PotluckExtension(LoggingConfigurable):
 
     request_timeout = Float(120.0, help="Seconds to wait for the engine on a proxied request.").tag(config=True)
 
+    openai_env = Bool(
+        True,
+        help="""Export OPENAI_BASE_URL (the engine's /v1) and OPENAI_API_KEY (this server's token) to
+        kernels, so openai.OpenAI() with no arguments reaches the engine as this user. Skipped when
+        the environment already sets either one to something else (a user's own OpenAI key).""",
+    ).tag(config=True)
+
     def find_engine(self) -> tuple[str, str]:
         """``(url, how it was found)``; the URL ends with a slash."""
         if self.engine_url:
@@ -67,4 +78,12 @@ class PotluckExtension(LoggingConfigurable):
         os.environ["POTLUCK_URL"] = url
         if self.token:
             os.environ["POTLUCK_TOKEN"] = self.token
+        token = self.find_token()
+        if self.openai_env and token:
+            base = url + "v1"
+            mine = os.environ.get("OPENAI_BASE_URL") in (None, "", base)
+            # A user's own OpenAI key (no base URL, or another one) is left alone: never send it here.
+            if mine and os.environ.get("OPENAI_API_KEY") in (None, "", token):
+                os.environ["OPENAI_BASE_URL"] = base
+                os.environ["OPENAI_API_KEY"] = token
         return url, how

@@ -91,6 +91,22 @@ def test_kernels_generate_as_their_hub_user_with_no_setup(hub, kernels):
     assert not err and "Rome" in out, (out, err)
 
 
+def test_openai_with_no_arguments_in_a_kernel_answers_as_that_user(hub, kernels):
+    out, err = kernels["bob"].execute(
+        "import os\n"
+        "from openai import OpenAI\n"
+        "print('base', os.environ['OPENAI_BASE_URL'])\n"
+        "before = potluck.me()['usage']['decode_tokens']\n"
+        "client = OpenAI()\n"
+        "r = client.chat.completions.create(model=client.models.list().data[0].id, max_tokens=8,\n"
+        "    messages=[{'role': 'user', 'content': 'What is the capital of France?'}])\n"
+        "print('answer', repr(r.choices[0].message.content), r.usage.completion_tokens)\n"
+        "print('counted to me', potluck.me()['usage']['decode_tokens'] - before >= r.usage.completion_tokens > 0)\n")
+    assert not err, err
+    assert f"base http://127.0.0.1:{hub.engine_port}/services/potluck/v1\n" in out, out
+    assert "answer '" in out and "counted to me True" in out, out
+
+
 def test_the_engine_saw_the_right_tenants(hub, kernels):
     ada = hub.user_token("ada")
     r = call(hub, ada, "GET", "api/admin/tenants")
