@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import secrets
 import signal
 import time
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from tornado.httpserver import HTTPServer
 from . import __version__
 from .auth import Authenticator
 from .engine import Engine
-from .http import admin, contexts, generate, me, metrics, openai, runs, status
+from .http import admin, contexts, dashboard, generate, me, metrics, openai, runs, status
 from .http.base import NotFoundHandler
 from .http.fairpool import FairPool
 from .metrics import EngineMetrics
@@ -56,6 +57,7 @@ ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
     *admin.default_handlers,
     *openai.default_handlers,
     *metrics.default_handlers,
+    *dashboard.default_handlers,
 ]
 
 
@@ -89,9 +91,12 @@ def normalize_base_url(base_url: str) -> str:
 def make_app(service: Service, base_url: str = "/") -> web.Application:
     base = normalize_base_url(base_url)
     handlers = [(re.escape(base) + path, cls) for path, cls in ROUTES]
+    # cookie_secret: the dashboard page's Hub OAuth cookie (a new one per process: a restart
+    # means one more trip through the Hub's login, never a cookie that outlives the engine).
     return web.Application(handlers, service=service, default_handler_class=NotFoundHandler,
                            compress_response=False, serve_traceback=False,
-                           websocket_ping_interval=30)
+                           websocket_ping_interval=30, potluck_base_url=base,
+                           cookie_secret=secrets.token_bytes(32))
 
 
 def start_runs(engine: Engine, store: Store) -> tuple[Any, str | None]:
