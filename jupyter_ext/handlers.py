@@ -2,7 +2,8 @@
 
 Under ``<server base>/potluck/api/``: ``status``, ``me``, ``contexts[/NAME]``,
 ``runs[/ID]`` (``DELETE`` cancels), ``runs/ID/events`` (WebSocket),
-``admin/tenants``, ``admin/quotas/users/NAME``, ``admin/runs`` and
+``admin/tenants``, ``admin/quotas/users/NAME``, ``admin/usage`` (usage over
+time; its query string is passed on), ``admin/runs`` and
 ``admin/runs/TENANT/ID`` (``DELETE`` cancels anyone's run); and ``config``
 (where the engine is, never the token). Each requires the server's own login (its cookie or
 token, and XSRF for browsers), then forwards to the engine as this server's
@@ -34,6 +35,7 @@ PROXIED = [
     (r"runs", "api/runs", ("GET", "POST")),
     (r"runs/([^/]+)", "api/runs/{}", ("GET", "DELETE")),
     (r"admin/tenants", "api/admin/tenants", ("GET",)),
+    (r"admin/usage", "api/admin/usage", ("GET",)),
     (r"admin/runs", "api/admin/runs", ("GET",)),
     (r"admin/runs/([^/]+)/([^/]+)", "api/admin/runs/{}/{}", ("GET", "DELETE")),
     (r"admin/quotas/users/([^/]+)", "api/admin/quotas/users/{}", ("GET", "PUT", "DELETE")),
@@ -50,8 +52,12 @@ class EngineProxyHandler(APIHandler):
         self.engine_url = engine_url
 
     async def forward(self, method: str, *args: str) -> None:
-        from urllib.parse import quote
+        from urllib.parse import parse_qsl, quote, urlencode
         path = self.engine_path.format(*(quote(a, safe="") for a in args))
+        # The query goes on (admin/usage's resolution and times), never this server's own ?token=.
+        query = [(k, v) for k, v in parse_qsl(self.request.query, keep_blank_values=True) if k != "token"]
+        if query:
+            path += "?" + urlencode(query)
         token = self.ext.find_token()
         headers = {"Authorization": f"token {token}"} if token else {}
         body = None
