@@ -72,10 +72,11 @@ def _check_time(name: str, text: str | None) -> datetime | None:
         return None
     try:
         t = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+        # An offset can push a time at the calendar's edge out of it (0001-01-01T00:00+01:00).
+        return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
         raise BadRequest(f"{name} must be an ISO 8601 time such as 2026-01-31T12:00:00Z, got {text[:40]!r}",
                          code="invalid_time", param=name) from None
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
 
 
 def _hours(span: timedelta) -> str:

@@ -68,6 +68,7 @@ PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="no-referrer">
 <title>Potluck admin dashboard</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="{base}dashboard/potluck-dashboard.css">
 </head>
 <body>

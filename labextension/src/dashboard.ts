@@ -11,6 +11,8 @@
 
 import { el, section, setText, syncRows, table, td } from './dom';
 import {
+  bucketCount,
+  formatTick,
   IRange,
   ISeries,
   IUsageHistory,
@@ -47,6 +49,7 @@ import {
   parseStatus,
   parseTenants,
   PotluckError,
+  QUOTA_FIELDS,
   quotaInputText,
   quotaOverrideFromForm,
   quotaSourceLabel,
@@ -61,6 +64,7 @@ const CHART_W = 560;
 const CHART_H = 160;
 const AXIS_LEFT = 48;
 const AXIS_BOTTOM = 20;
+const PAD_RIGHT = 24;      // room for the last time label
 
 export interface IDashboardOptions {
   requester: IRequester;
@@ -128,7 +132,8 @@ export class Dashboard {
 
     const groups = section('jp-PotluckDash-groupsSection', 'Groups');
     this._groups = table('jp-PotluckDash-groups', ['group', 'members', 'quota (potluck property)', 'tokens in range', 'status']);
-    groups.appendChild(this._groups);
+    this._groupsEmpty = el('p', 'jp-Potluck-empty', 'No Hub groups seen.');
+    groups.append(this._groups, this._groupsEmpty);
     const note = el('p', 'jp-Potluck-hint jp-PotluckDash-groupNote',
       "Group quotas are each Hub group's potluck property: read-only here, edit them in the Hub's admin page " +
       '(Admin → Groups → the group → properties, one flat key per field: potluck.tokens_per_minute = 5000). ' +
@@ -206,7 +211,7 @@ export class Dashboard {
     const f = el('figure', 'jp-PotluckDash-chart');
     f.dataset.kind = kind;
     f.appendChild(el('figcaption', 'jp-PotluckDash-caption', caption));
-    const s = svg('svg', { viewBox: `0 0 ${CHART_W + AXIS_LEFT} ${CHART_H + AXIS_BOTTOM + 6}`, role: 'img' });
+    const s = svg('svg', { viewBox: `0 0 ${CHART_W + AXIS_LEFT + PAD_RIGHT} ${CHART_H + AXIS_BOTTOM + 6}`, role: 'img' });
     s.classList.add('jp-PotluckDash-svg');
     f.appendChild(s);
     f.appendChild(el('ul', 'jp-PotluckDash-legend'));
@@ -242,10 +247,10 @@ export class Dashboard {
       const y = CHART_H - (v / max) * CHART_H;
       plot.appendChild(svg('line', { x1: 0, x2: CHART_W, y1: y, y2: y, class: 'jp-PotluckDash-grid' }));
       const label = svg('text', { x: -4, y: y + 4, 'text-anchor': 'end', class: 'jp-PotluckDash-tick' });
-      label.textContent = formatCompact(v);
+      label.textContent = series.length ? formatTick(v) : '';
       plot.appendChild(label);
     }
-    const count = series.length ? series[0].values.length : 1;
+    const count = bucketCount(h.since, h.until, h.bucketSeconds);
     for (const t of timeTicks(h)) {
       const x = count > 1 ? (t.index / (count - 1)) * CHART_W : 0;
       const label = svg('text', { x, y: CHART_H + 16, 'text-anchor': 'middle', class: 'jp-PotluckDash-tick' });
@@ -340,7 +345,9 @@ export class Dashboard {
       'Blank: the value comes from the defaults and groups. "none": no limit. Saving replaces the whole override.'));
     const inputs: { [field: string]: HTMLInputElement } = {};
     const grid = el('div', 'jp-Potluck-formGrid');
-    for (const f of EDITABLE_QUOTA_FIELDS.concat(['models'])) {
+    // The engine's newer numeric fields too (its quota may have more than this frontend knows).
+    const extra = Object.keys(t?.quota || {}).filter(f => QUOTA_FIELDS.indexOf(f) < 0 && !Array.isArray(t!.quota![f]));
+    for (const f of EDITABLE_QUOTA_FIELDS.concat(['models'], extra)) {
       const label = el('label', 'jp-Potluck-formLabel', f);
       const input = el('input', 'jp-mod-styled jp-Potluck-formInput');
       input.name = f;
@@ -423,6 +430,7 @@ export class Dashboard {
       setText(c[4], g.error ? `unreadable, last good quota kept: ${oneLine(g.error)}` : 'ok');
       tr.dataset.level = g.error ? 'critical' : 'ok';
     });
+    this._groupsEmpty.hidden = names.length > 0 || !h;
   }
 
   // ------------------------------------------------------------ runs
@@ -495,6 +503,7 @@ export class Dashboard {
   private _users: HTMLTableElement;
   private _formHost: HTMLElement;
   private _groups: HTMLTableElement;
+  private _groupsEmpty: HTMLElement;
   private _runs: HTMLTableElement;
   private _runsEmpty: HTMLElement;
   private _tenants: ITenant[] = [];

@@ -232,9 +232,29 @@ export function niceMax(v: number): number {
   return 10 * p;
 }
 
-/** Evenly spaced y-axis values from 0 to `max` (n intervals). */
-export function yTicks(max: number, n = 4): number[] {
-  return Array.from({ length: n + 1 }, (_, i) => (max * i) / n);
+/** The y-axis values from 0 to `max` (a `niceMax`): steps of 1, 2 or 5 times a power of ten. */
+export function yTicks(max: number): number[] {
+  const p = Math.pow(10, Math.floor(Math.log10(max)));
+  const lead = Math.round(max / p);
+  const n = lead === 2 ? 4 : 5;           // 1 -> 0.2 steps, 2 -> 0.5, 5 -> 1, 10 -> 2
+  return Array.from({ length: n + 1 }, (_, i) => Math.round(((max * i) / n) * 1e9) / 1e9);
+}
+
+/** A y-axis label: whole numbers as counts ("1.2k"), fractions with one decimal ("0.4"). */
+export function formatTick(v: number): string {
+  if (v !== 0 && Math.abs(v) < 10 && !Number.isInteger(v)) {
+    return String(Math.round(v * 10) / 10);
+  }
+  const a = Math.abs(v);
+  if (a < 1000) {
+    return String(Math.round(v));
+  }
+  for (const [size, unit] of [[1e12, 'T'], [1e9, 'G'], [1e6, 'M'], [1e3, 'k']] as [number, string][]) {
+    if (a >= size) {
+      return String(Math.round((v / size) * 10) / 10) + unit;
+    }
+  }
+  return String(v);
 }
 
 /** An SVG path through the values, x spread over `width`, y from `height` (0) up to 0 (`max`). */

@@ -11,6 +11,7 @@ import {
   bucketCount,
   denseValues,
   formatBucketTime,
+  formatTick,
   historyPath,
   linePath,
   niceMax,
@@ -136,6 +137,10 @@ describe('chart geometry', () => {
     assert.equal(niceMax(2000), 2000);
     assert.equal(niceMax(0.3), 0.5);
     assert.deepEqual(yTicks(200), [0, 50, 100, 150, 200]);
+    assert.deepEqual(yTicks(50), [0, 10, 20, 30, 40, 50]);
+    assert.deepEqual(yTicks(1), [0, 0.2, 0.4, 0.6, 0.8, 1]);
+    assert.deepEqual(yTicks(10), [0, 2, 4, 6, 8, 10]);
+    assert.deepEqual([0, 0.2, 0.5, 40, 2500, 1.5e6].map(formatTick), ['0', '0.2', '0.5', '40', '2.5k', '1.5M']);
   });
 
   it('draws a line across the width, zero at the bottom, the maximum at the top', () => {

@@ -5,7 +5,10 @@
 // Config: playwright (path of the playwright-core package), chromium (executable), artifacts (dir),
 // user_url / admin_url (each a lab URL with ?token=), notebook (path in the user lab's root), marker
 // (text the inferlet prints), model (the engine's model name), context (a saved context of the user),
-// tenant (the user's name, as the admin view lists it), timeout_ms.
+// tenant (the user's name), tenants (two users whose usage the dashboard must plot), new_limit (the
+// tokens_per_minute the admin sets for tenants[1] in the dashboard), engine_page_url /
+// engine_page_user_url (the engine's own dashboard page with an admin's / a user's token in the
+// fragment), user_lab_url (the user lab, opened again once the engine is stopped), timeout_ms.
 //
 // Protocol on stdout: one JSON object a line. {"checkpoint": NAME, ...} asks the test for something
 // (the driver then waits for one line on stdin, the test's answer: {"ok": true} or {"error": "..."});
@@ -72,6 +75,17 @@ function watchConsole(page, who) {
 async function openPanel(page) {
   await page.locator('#potluck-status').click();
   await page.locator('#potluck-panel').waitFor({ state: 'visible', timeout: T });
+}
+
+// Wait until a dashboard's per-user chart has a line for each of `names` with use in it; their totals.
+async function seriesOf(dash, names, where) {
+  const chart = dash.locator('figure.jp-PotluckDash-chart[data-kind="users"]');
+  return await waitFor(`${where}: a line per user (${names.join(', ')}) in the per-user chart`, async () => {
+    const lines = await chart.locator('path.jp-PotluckDash-line').evaluateAll((ps) =>
+      Object.fromEntries(ps.map((p) => [p.getAttribute('data-series'), {
+        total: Number(p.getAttribute('data-total')), points: (p.getAttribute('d').match(/[ML]/g) || []).length }])));
+    return names.every((n) => lines[n] && lines[n].total > 0) ? lines : null;
+  }, 60000, 500);
 }
 
 async function main() {
@@ -183,6 +197,11 @@ async function main() {
 
     step = 'no admin view for a user';
     observed.user_admin_count = await panel.locator('.jp-Potluck-admin').count();
+    // Nor a dashboard in the user's launcher (Ctrl+Shift+L opens one).
+    await page.keyboard.press('Control+Shift+L');
+    observed.user_launcher_open = await page.locator('.jp-Launcher').first()
+      .waitFor({ state: 'visible', timeout: 15000 }).then(() => true, () => false);
+    observed.user_dashboard_cards = await page.locator('.jp-LauncherCard', { hasText: 'Potluck Admin Dashboard' }).count();
 
     step = 'delete a saved context from the panel';
     const ctxRow = panel.locator(`.jp-Potluck-contexts tr[data-context="${cfg.context}"]`);
@@ -195,7 +214,7 @@ async function main() {
     await ask('context_deleted', { context: cfg.context });
     await ctxUser.close();
 
-    // ------------------------------------------------------------ an admin
+    // ------------------------------------------------------------ an admin: panel button, launcher, dashboard
     step = 'open the admin lab';
     const ctxAdmin = await browser.newContext({ viewport: { width: 1440, height: 900 } });
     const apage = await ctxAdmin.newPage();
@@ -203,19 +222,89 @@ async function main() {
     watchConsole(apage, 'admin');
     await apage.goto(cfg.admin_url, { waitUntil: 'domcontentloaded', timeout: T });
     await apage.locator('#potluck-status').waitFor({ state: 'visible', timeout: T });
-    step = 'the admin view';
+    // A second user generates now, so the dashboard has two users' usage over time to show.
+    await ask('two_users_used_it');
+
+    step = 'the launcher offers the dashboard to an admin';
+    const card = apage.locator('.jp-LauncherCard', { hasText: 'Potluck Admin Dashboard' });
+    observed.launcher_card = await waitFor('the launcher card', async () => (await card.count()) > 0, 30000)
+      .catch(() => false);
+
+    step = 'the admin view: a button in the panel';
     await openPanel(apage);
     const admin = apage.locator('#potluck-panel .jp-Potluck-admin');
     await admin.waitFor({ state: 'visible', timeout: T });
-    const tenantRow = admin.locator(`tr[data-tenant="${cfg.tenant}"]`);
-    await tenantRow.waitFor({ state: 'visible', timeout: T });
-    observed.admin_tenants = await admin.locator('tr[data-tenant]').evaluateAll(
+    await admin.locator('button.jp-Potluck-openDashboard').click();
+
+    step = 'the dashboard: two users over time';
+    const dash = apage.locator('#potluck-dashboard');
+    await dash.waitFor({ state: 'visible', timeout: T });
+    observed.dashboard_lines = await seriesOf(dash, cfg.tenants, 'the lab dashboard');
+    observed.admin_tenants = await dash.locator('.jp-PotluckDash-users tr[data-tenant]').evaluateAll(
       (rows) => rows.map((r) => r.getAttribute('data-tenant')));
-    observed.admin_edit_buttons = await admin.locator('button.jp-Potluck-editQuota').count();
-    observed.admin_tenant_row = (await tenantRow.innerText()).trim();
-    await tenantRow.scrollIntoViewIfNeeded();
-    await shot(apage, '05-admin-view.png');
+    observed.dashboard_in_main_area = (await apage.locator('#jp-main-dock-panel #potluck-dashboard').count()) === 1;
+    await shot(apage, '05-admin-dashboard.png');
+
+    step = 'the dashboard: edit a quota';
+    const target = cfg.tenants[1];
+    const trow = dash.locator(`.jp-PotluckDash-users tr[data-tenant="${target}"]`);
+    await trow.locator('button.jp-Potluck-editQuota').click();
+    const form = dash.locator(`form.jp-Potluck-quotaForm[data-tenant="${target}"]`);
+    await form.waitFor({ state: 'visible', timeout: T });
+    await form.locator('input[name=tokens_per_minute]').fill(String(cfg.new_limit));
+    await shot(apage, '06-dashboard-quota-form.png');
+    await form.locator('button.jp-Potluck-saveQuota').click();
+    await form.waitFor({ state: 'detached', timeout: T });
+    observed.minute_cell_after_edit = await waitFor(`${target}'s row to show the new limit`, async () => {
+      const t = (await trow.locator('.jp-PotluckDash-tenantMinute').innerText()).trim();
+      return t.includes(`/ ${cfg.new_limit}`) ? t : null;
+    }, 30000);
+    observed.source_cell_after_edit = (await trow.locator('.jp-PotluckDash-tenantSource').innerText()).trim();
+    observed.dashboard_errors = await dash.locator('.jp-PotluckDash-error:visible').allInnerTexts();
+    await ask('quota_edited', { tenant: target });
     await ctxAdmin.close();
+
+    // ------------------------------------------------------------ the engine's own page, in a plain browser
+    step = "the engine's dashboard page";
+    const ctxPage = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    const ppage = await ctxPage.newPage();
+    currentPage = ppage;
+    watchConsole(ppage, 'engine page');
+    await ppage.goto(cfg.engine_page_url, { waitUntil: 'domcontentloaded', timeout: T });
+    const pdash = ppage.locator('.jp-PotluckDash');
+    await pdash.waitFor({ state: 'visible', timeout: T });
+    observed.engine_page_lines = await seriesOf(pdash, cfg.tenants, "the engine's page");
+    observed.engine_page_url_after = ppage.url();
+    await shot(ppage, '07-engine-dashboard-page.png');
+    step = "the engine's page refuses a non-admin";
+    const upage = await ctxPage.newPage();
+    await upage.goto(cfg.engine_page_user_url, { waitUntil: 'domcontentloaded', timeout: T });
+    observed.engine_page_user_error = await waitFor('the page to say admins only', async () => {
+      const t = (await upage.locator('.jp-PotluckDash-error').innerText().catch(() => '')).trim();
+      return /admins only/.test(t) ? t : null;
+    });
+    observed.engine_page_user_lines = await upage.locator('path.jp-PotluckDash-line').count();
+    await ctxPage.close();
+
+    // ------------------------------------------------------------ the engine goes away
+    step = 'engine unreachable in the panel';
+    await ask('stop_engine');
+    const ctxDown = await browser.newContext({ viewport: { width: 1440, height: 900 } });
+    const dpage = await ctxDown.newPage();
+    currentPage = dpage;
+    await dpage.goto(cfg.user_lab_url, { waitUntil: 'domcontentloaded', timeout: T });
+    await dpage.locator('#potluck-status').waitFor({ state: 'visible', timeout: T });
+    await openPanel(dpage);
+    const dpanel = dpage.locator('#potluck-panel');
+    observed.down_error = await waitFor('the panel to say engine unreachable', async () => {
+      const t = (await dpanel.locator('.jp-Potluck-error').innerText().catch(() => '')).trim();
+      return t.startsWith('engine unreachable') ? t : null;
+    });
+    observed.down_runs_text = (await dpanel.locator('.jp-Potluck-runsSection .jp-Potluck-empty').innerText()).trim();
+    observed.down_contexts_text = (await dpanel.locator('.jp-Potluck-contextsSection .jp-Potluck-empty').innerText()).trim();
+    observed.down_status_title = await dpage.locator('#potluck-status').getAttribute('title');
+    await shot(dpage, '08-engine-unreachable.png');
+    await ctxDown.close();
 
     out({ result: 'ok', ...observed });
   } catch (e) {

@@ -13,7 +13,14 @@ where this test acts on the engine or checks the engine's own view:
   in the panel as ``running`` with the output it prints, and the panel's cancel ends
   it (``cancelled`` in the panel and in ``GET /api/runs/ID``);
 - a context saved through the engine is listed, and the panel's delete removes it;
-- the user sees no admin view; the admin sees one that lists the user.
+- the user sees no admin view and no dashboard in the launcher; the admin gets a launcher item
+  and a panel button that open the admin dashboard in the main area, which plots two users'
+  usage over time (one line each, from ``GET /api/admin/usage``), and a quota edited there is
+  the engine's override (checked through the engine's API);
+- the engine's own dashboard page (its base URL, a plain browser with an admin's token) plots
+  the same two users; with a user's token it says "admins only" and plots nothing;
+- with the engine stopped, the panel says "engine unreachable: <reason>", not "No inferlet runs
+  yet" / "No saved contexts".
 
 Screenshots of each checkpoint go to $POTLUCK_TEST_ARTIFACTS, else tests/lab/artifacts/.
 """
@@ -49,6 +56,8 @@ BIN = Path(sys.executable).parent
 ARTIFACTS = Path(os.environ.get("POTLUCK_TEST_ARTIFACTS") or HERE / "artifacts")
 
 USER, ADMIN = "labuser", "labadmin"
+USER2 = "labuser2"                      # a second user whose usage the dashboard plots beside USER's
+NEW_LIMIT = 4321                        # the tokens_per_minute the admin sets for USER2 in the dashboard
 KERNEL = "potluck"                      # kernel/kernelspec, installed as "potluck"
 MARKER = "LAB-E2E-STEP"
 CONTEXT = "lab-e2e-notes"
@@ -73,7 +82,7 @@ missing = [what for what, ok in [(f"chromium ({CHROMIUM})", os.access(CHROMIUM, 
                                  ("node", NODE is not None)] if not ok]
 pytestmark = [
     pytest.mark.e2e,
-    pytest.mark.timeout(420),
+    pytest.mark.timeout(600),
     pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)}: run `make venv`"),
 ]
 
@@ -211,7 +220,11 @@ def test_lab_in_chromium(engine, labs):
 
     config = {"playwright": str(PLAYWRIGHT), "chromium": CHROMIUM, "artifacts": str(ARTIFACTS),
               "user_url": user_lab.lab_url(f"lab/tree/{NOTEBOOK}"), "admin_url": admin_lab.lab_url(),
-              "marker": MARKER, "model": model_name, "context": CONTEXT, "tenant": USER, "timeout_ms": 60000}
+              "marker": MARKER, "model": model_name, "context": CONTEXT, "tenant": USER, "timeout_ms": 60000,
+              "tenants": [USER, USER2], "new_limit": NEW_LIMIT,
+              "engine_page_url": f"{engine.url}/#token={engine.token(ADMIN, admin=True)}",
+              "engine_page_user_url": f"{engine.url}/#token={engine.token(USER)}",
+              "user_lab_url": user_lab.lab_url()}
     seen: dict = {}
 
     def at_status_before(msg):
@@ -239,8 +252,25 @@ def test_lab_in_chromium(engine, labs):
         names = [c["name"] for c in user.get("/api/contexts").json()["contexts"]]
         assert CONTEXT not in names, names
 
+    def at_two_users(msg):
+        user2 = engine.client(USER2)
+        for prompt in ("Two plus two is", "The sky is"):
+            r = user2.post("/api/generate", json={"prompt": prompt, "max_tokens": 6})
+            assert r.status_code == 200, r.text
+        seen["user2_tokens"] = sum(user2.get("/api/me").json()["usage"][k] for k in ("prefill_tokens", "decode_tokens"))
+
+    def at_quota_edited(msg):
+        r = engine.client(ADMIN, admin=True).get(f"/api/admin/quotas/users/{msg['tenant']}")
+        assert r.status_code == 200, r.text
+        seen["override_after_edit"] = r.json()["override"]
+        assert engine.client(USER2).get("/api/me").json()["quota"]["tokens_per_minute"] == NEW_LIMIT
+
+    def at_stop_engine(msg):
+        assert engine.stop() == 0, engine.log_tail()
+
     handlers = {"status_before": at_status_before, "run_running": at_run_running,
-                "run_cancelled": at_run_cancelled, "context_deleted": at_context_deleted}
+                "run_cancelled": at_run_cancelled, "context_deleted": at_context_deleted,
+                "two_users_used_it": at_two_users, "quota_edited": at_quota_edited, "stop_engine": at_stop_engine}
 
     started = time.monotonic()
     driver_log = user_lab.tmp / "driver.stderr"
@@ -253,9 +283,9 @@ def test_lab_in_chromium(engine, labs):
     try:
         while True:
             try:
-                line = lines.get(timeout=max(1.0, 300 - (time.monotonic() - started)))
+                line = lines.get(timeout=max(1.0, 480 - (time.monotonic() - started)))
             except queue.Empty:
-                pytest.fail(f"the browser driver did not finish in 300 s; last screenshot: {screenshots[-1:]}")
+                pytest.fail(f"the browser driver did not finish in 480 s; last screenshot: {screenshots[-1:]}")
             if line is None:
                 break
             try:
@@ -303,9 +333,31 @@ def test_lab_in_chromium(engine, labs):
     assert result["cancel_button_after"] == 0, "an ended run still offers cancel"
     assert seen["run_final"]["state"] == "cancelled"
     assert result["context_listed"] and result["context_gone"]
-    # Admin view: only for the admin, listing the user.
+    # Admin view: not for the user; for the admin, the dashboard from the launcher and the panel.
     assert result["user_admin_count"] == 0, "a non-admin sees .jp-Potluck-admin"
-    assert USER in result["admin_tenants"], result["admin_tenants"]
-    assert len(screenshots) == 5 and all(Path(p).is_file() for p in screenshots), screenshots
+    assert result["user_launcher_open"] and result["user_dashboard_cards"] == 0, \
+        "a non-admin's launcher offers the admin dashboard"
+    assert result["launcher_card"], "the admin's launcher has no Potluck Admin Dashboard item"
+    assert result["dashboard_in_main_area"], "the dashboard is not in the main area"
+    assert {USER, USER2} <= set(result["admin_tenants"]), result["admin_tenants"]
+    # Two users' usage over time: a line each, with the tokens the engine counted for them.
+    lines = result["dashboard_lines"]
+    assert lines[USER2]["total"] == seen["user2_tokens"], (lines, seen)
+    assert lines[USER]["total"] > 0 and lines[USER]["points"] >= 60, lines     # the last hour, per minute
+    # The quota edited in the dashboard is the engine's override, and the row shows it.
+    assert seen["override_after_edit"] == {"tokens_per_minute": NEW_LIMIT}, seen
+    assert f"/ {NEW_LIMIT}" in result["minute_cell_after_edit"], result["minute_cell_after_edit"]
+    assert "user override: tokens_per_minute" in result["source_cell_after_edit"], result["source_cell_after_edit"]
+    assert not result["dashboard_errors"], result["dashboard_errors"]
+    # The engine's own page: the same two users for an admin; "admins only" and nothing for a user.
+    assert result["engine_page_lines"][USER2]["total"] == seen["user2_tokens"], result["engine_page_lines"]
+    assert "token=" not in result["engine_page_url_after"], "the token stayed in the address bar"
+    assert "admins only" in result["engine_page_user_error"] and result["engine_page_user_lines"] == 0, result
+    # The engine stopped: the panel says so with the reason, not "no runs" / "no saved contexts".
+    assert result["down_error"].startswith("engine unreachable: "), result["down_error"]
+    assert "cannot reach" in result["down_error"], result["down_error"]
+    for text in (result["down_runs_text"], result["down_contexts_text"]):
+        assert "unknown" in text and "unreachable" in text and not text.startswith("No "), text
+    assert len(screenshots) == 8 and all(Path(p).is_file() for p in screenshots), screenshots
     if result.get("console_errors"):
         print("browser console errors:", *result["console_errors"][:20], sep="\n  ")
