@@ -3,18 +3,27 @@
 At start the engine detects its device (CUDA name, compute capability, free
 memory; else CPU) and picks a named profile: dtype, attention path, the share
 of free memory given to KV pages, the batch token budget. Admins override any
-field or add profiles in config (``EngineConfig.profile`` / ``profile_overrides``).
+field or add profiles in config (``EngineConfig.profile`` / ``profile_overrides``);
+``check_profile_fields`` reads those values by each field's type, so a bad one
+is refused at start with one line, never met by the batch loop. ``kv_pool_pages``
+sizes the default KV pool for the model and the machine.
 
-This module only reads the hardware; it never allocates model memory.
+This module only reads the hardware; it never allocates model memory. torch is
+imported only where the hardware is read, so the settings can check profile
+fields without it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import torch
+# On a CPU the KV pool shares RAM with everything else on the machine (the model's weights,
+# users' kernels on a small Hub): by default at most this much, and at most this share of RAM.
+CPU_KV_MAX_BYTES = 1 << 30
+CPU_KV_MAX_RAM_FRACTION = 0.10
+MIN_KV_PAGES = 16
 
 
 @dataclass(frozen=True)
@@ -44,7 +53,8 @@ class Profile:
     host_swap_pages: int          # pages that may live in host memory when the device runs short
 
     @property
-    def torch_dtype(self) -> torch.dtype:
+    def torch_dtype(self):
+        import torch
         return getattr(torch, self.dtype)
 
     def to_json(self) -> dict:
@@ -60,7 +70,89 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+DTYPES = ("bfloat16", "float16", "float32")
+ATTENTIONS = ("sdpa",)
+# What each field must be, for the one-line refusal (the field's type comes from Profile).
+_FIELD_RULES = {
+    "dtype": f"one of {', '.join(DTYPES)}",
+    "attention": f"one of {', '.join(ATTENTIONS)}",
+    "kv_memory_fraction": "a number above 0 and at most 1",
+    "max_kv_pages": "a whole number >= 0 (0: no cap)",
+    "page_size": "a whole number from 1 to 1024",
+    "batch_token_budget": "a whole number >= 1",
+    "max_batch_seqs": "a whole number >= 1",
+    "host_swap_pages": "a whole number >= 0",
+}
+
+
+def check_profile_fields(fields, *, where: str, allow_base: bool = False) -> dict:
+    """Profile fields from config, each read by its type (the command line gives strings: "32" -> 32).
+
+    Raises ``ValueError`` with one line naming the setting, the field and what it must be.
+    """
+    if not isinstance(fields, dict):
+        raise ValueError(f"{where} must be a dict of profile fields, got {type(fields).__name__}")
+    known = {f.name: f for f in dataclasses.fields(Profile) if f.name not in ("name", "device")}
+    out = {}
+    for name, value in fields.items():
+        if allow_base and name == "base":
+            out[name] = value
+            continue
+        if name not in known:
+            raise ValueError(f"{where}: unknown profile field {name!r}; known: {', '.join(known)}")
+        kind = str(known[name].type)
+        rule = f"{where}: {name} must be {_FIELD_RULES[name]}, got {value!r}"
+        if kind in ("int", "float"):
+            if isinstance(value, str):
+                try:
+                    value = int(value.strip()) if kind == "int" else float(value.strip())
+                except ValueError:
+                    raise ValueError(rule) from None
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind == "int" and value != int(value)):
+                raise ValueError(rule)
+            value = int(value) if kind == "int" else float(value)
+        ok = {
+            "dtype": value in DTYPES, "attention": value in ATTENTIONS,
+            "kv_memory_fraction": isinstance(value, float) and 0 < value <= 1,
+            "max_kv_pages": isinstance(value, int) and value >= 0,
+            "page_size": isinstance(value, int) and 1 <= value <= 1024,
+            "batch_token_budget": isinstance(value, int) and value >= 1,
+            "max_batch_seqs": isinstance(value, int) and value >= 1,
+            "host_swap_pages": isinstance(value, int) and value >= 0,
+        }[name]
+        if not ok:
+            raise ValueError(rule)
+        out[name] = value
+    return out
+
+
+def kv_pool_pages(device: Device, profile: Profile, page_bytes: int, configured: int = 0) -> tuple[int, str]:
+    """How many KV pages the pool gets, and why (for the start-up log line).
+
+    ``configured`` (``--kv-pages``) wins. Otherwise the profile's share of free memory, capped by
+    the profile's ``max_kv_pages``; on a CPU also by ``CPU_KV_MAX_BYTES`` and
+    ``CPU_KV_MAX_RAM_FRACTION`` of the machine's RAM (the pool is RAM that no one else can use).
+    """
+    if configured:
+        return configured, "set by kv_pages"
+    if not device.free_bytes:
+        return 256, "memory unknown: a small default"
+    budget, why = device.free_bytes * profile.kv_memory_fraction, f"{profile.kv_memory_fraction:g} of free memory"
+    if device.kind == "cpu":
+        cap = min(CPU_KV_MAX_BYTES, CPU_KV_MAX_RAM_FRACTION * (device.total_bytes or device.free_bytes))
+        if cap < budget:
+            budget = cap
+            why = (f"at most {CPU_KV_MAX_BYTES >> 20} MB and {CPU_KV_MAX_RAM_FRACTION:.0%} of RAM on a CPU")
+    pages = int(budget // page_bytes)
+    if profile.max_kv_pages and pages > profile.max_kv_pages:
+        pages, why = profile.max_kv_pages, f"the profile's max_kv_pages {profile.max_kv_pages}"
+    if pages < MIN_KV_PAGES:
+        pages, why = MIN_KV_PAGES, f"the minimum of {MIN_KV_PAGES}"
+    return pages, why
+
+
 def detect_device() -> Device:
+    import torch
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if torch.cuda.is_available():
         idx = torch.cuda.current_device()
@@ -83,7 +175,11 @@ def choose_profile(device: Device, name: str = "auto", overrides: dict | None = 
     """The profile for this device: ``name`` ("auto" picks by hardware), then ``overrides``."""
     profiles = dict(PROFILES)
     for pname, fields in (extra_profiles or {}).items():
-        base = profiles.get(fields.get("base", ""), PROFILES["cpu"])
+        fields = check_profile_fields(fields, where=f"extra_profiles[{pname!r}]", allow_base=True)
+        if fields.get("base", "cpu") not in profiles:
+            raise ValueError(f"extra_profiles[{pname!r}]: base must name a profile ({', '.join(sorted(profiles))}), "
+                             f"got {fields['base']!r}")
+        base = profiles[fields.get("base", "cpu")]
         clean = {k: v for k, v in fields.items() if k != "base"}
         profiles[pname] = dataclasses.replace(base, name=pname, **clean)
     if name == "auto":
@@ -95,8 +191,5 @@ def choose_profile(device: Device, name: str = "auto", overrides: dict | None = 
         raise ValueError(f"unknown accelerator profile {name!r}; known: {', '.join(sorted(profiles))}")
     profile = profiles[name]
     if overrides:
-        unknown = set(overrides) - {f.name for f in dataclasses.fields(Profile)}
-        if unknown:
-            raise ValueError(f"unknown profile field(s) {sorted(unknown)}")
-        profile = dataclasses.replace(profile, **overrides)
+        profile = dataclasses.replace(profile, **check_profile_fields(overrides, where="profile_overrides"))
     return profile

@@ -26,7 +26,7 @@ import re
 import sys
 from urllib.parse import urlparse
 
-from traitlets import Bool, Float, Integer, Type, Unicode, default
+from traitlets import Bool, Float, Integer, TraitError, Type, Unicode, default
 from traitlets.config import Application, catch_config_error
 
 from . import __version__
@@ -256,11 +256,37 @@ class PotluckEngine(PotluckApp, EngineConfig):
         False, help="Write a commented config file to config_file and exit.",
     ).tag(config=True)
 
+    serve_errors = Bool(
+        help="""When the engine cannot start (a missing model, a setting that cannot be read), keep
+        listening and answer every request with a 503 that says why (/api/status: "model_error"),
+        instead of exiting 1: a JupyterHub exits when a managed service exits while it starts.
+        Default: on when run as a Hub service, off standalone.""",
+    ).tag(config=True)
+
+    @default("serve_errors")
+    def _default_serve_errors(self) -> bool:
+        return running_as_hub_service()
+
+    start_error: str | None = None      # a setting that could not be read (then only the error is served)
+
     @default("log_level")
     def _default_log_level(self) -> int:
         return logging.INFO
 
     # ------------------------------------------------------------ running
+    def initialize(self, argv=None) -> None:
+        # The whole configuration is read here: a value that cannot be read is one line naming the
+        # setting and what it must be (the traits' own checks), never a default nor a later crash.
+        try:
+            # Unwrapped: traitlets' catch_config_error would log and exit before the Hub case is decided.
+            Application.parse_command_line.__wrapped__(self, argv)
+            self.load_config()
+        except TraitError as e:
+            self.start_error = "bad setting: " + " ".join(str(e).split())
+            if not self.serve_errors:
+                self.log.critical("%s", self.start_error)
+                self.exit(1)
+
     def write_config(self) -> None:
         path = os.path.expanduser(self.config_file)
         if os.path.exists(path):
@@ -275,10 +301,14 @@ class PotluckEngine(PotluckApp, EngineConfig):
             return self.write_config()
         logging.basicConfig(level=self.log_level, stream=sys.stderr,
                             format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
+        logging.getLogger("alembic").setLevel(logging.WARNING)    # jupyterhub's import: a dozen plugin lines
         sys.exit(asyncio.run(self.serve()))
 
     async def serve(self) -> int:
-        from .service import serve     # the engine, torch and the model: only when serving
+        from .service import serve, serve_failure     # the engine, torch and the model: only when serving
+        if self.start_error is not None:
+            log.critical("the engine could not start: %s", self.start_error)
+            return await serve_failure(self, self.start_error)
         if running_as_hub_service() and self.authenticator_class is TokenAuthenticator:
             log.warning("running as a JupyterHub service, but Hub authentication is not configured: "
                         "only tokens from `potluck token create` are accepted")

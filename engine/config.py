@@ -9,7 +9,9 @@ keyword arguments (``EngineConfig(kv_pages=64, scheduler="fcfs")``). ``Engine``
 takes either as its ``config``.
 
 This module never imports the engine, torch or the model: ``potluck token``
-loads it too, and must stay quick.
+loads it too, and must stay quick. Every setting is checked here, when it is
+set (at start, for the command line and config files), with one line naming
+the setting and what it must be.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 from traitlets import Dict, Enum, Float, Integer, TraitError, Unicode, validate
 from traitlets.config import Configurable
 
+from .accelerator import check_profile_fields
 from .errors import PotluckError
 from .tenants import QUOTA_FIELDS, Quota, validate_quota_fields
 
@@ -130,6 +133,32 @@ class EngineConfig(Configurable):
     def engine_settings(cls) -> list[str]:
         """The names of the engine's own settings (the traits declared here)."""
         return sorted(EngineConfig.class_own_traits(config=True))
+
+    @validate("profile_overrides")
+    def _check_profile_overrides(self, proposal) -> dict:
+        # Read here, at start, by each field's type: a string "32" from the command line is 32,
+        # and a value that cannot be read is one line now, not a dead batch loop later.
+        try:
+            return check_profile_fields(proposal["value"], where=f"{type(self).__name__}.profile_overrides")
+        except ValueError as e:
+            raise TraitError(str(e)) from None
+
+    @validate("extra_profiles")
+    def _check_extra_profiles(self, proposal) -> dict:
+        try:
+            return {name: check_profile_fields(fields, where=f"{type(self).__name__}.extra_profiles[{name!r}]",
+                                               allow_base=True)
+                    for name, fields in proposal["value"].items()}
+        except ValueError as e:
+            raise TraitError(str(e)) from None
+
+    @validate("page_size", "kv_pages", "max_context_tokens")
+    def _check_not_negative(self, proposal) -> int:
+        name, value = proposal["trait"].name, proposal["value"]
+        if value < 0 or (name == "page_size" and value > 1024):
+            limit = "from 0 to 1024" if name == "page_size" else ">= 0"
+            raise TraitError(f"{type(self).__name__}.{name} must be a whole number {limit} (0: automatic), got {value}")
+        return value
 
     @validate("default_quota")
     def _check_default_quota(self, proposal) -> dict:

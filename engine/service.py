@@ -12,6 +12,14 @@ one safe order: HTTP server, runs, engine, open connections, ledger, store.
 ``make_app`` builds the tornado application under a base URL (``/``
 standalone, the Hub service prefix such as ``/services/potluck/`` under a
 Hub), its routes joined from each ``http`` module's ``default_handlers``.
+
+Failures stay local. An engine that cannot start (a missing model, a setting
+that cannot be read) exits 1 standalone; as a Hub service
+(``PotluckEngine.serve_errors``) it keeps answering instead, ``/api/status``
+with a 503 whose ``model_error`` is the one-line reason and every other path
+with a 503 saying the same, because a managed service that exits while the Hub
+starts takes the whole Hub down. A batch loop that dies while serving is never
+served around: the process exits 1 (the Hub restarts a managed service).
 This module wires and orders; it decides nothing about requests, and the
 command line (parsing, config files, ``main``) stays in ``app.py``.
 """
@@ -19,6 +27,7 @@ command line (parsing, config files, ``main``) stays in ``app.py``.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import secrets
@@ -126,9 +135,13 @@ async def serve(settings: PotluckEngine) -> int:
     try:
         await loop.run_in_executor(executor, engine.start)
     except Exception as e:
-        log.critical("the engine could not start: %s", e)
+        reason = one_line(e)
+        log.critical("the engine could not start: %s", reason)
         ledger.close()
         store.close()
+        executor.shutdown(wait=False)
+        if settings.serve_errors:
+            return await serve_failure(settings, reason)
         return 1
     engine_metrics = EngineMetrics(engine)      # listens to the engine's steps and generations itself
     run_manager, runs_error = await loop.run_in_executor(executor, start_runs, engine, store)
@@ -159,11 +172,63 @@ async def serve(settings: PotluckEngine) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watchdog = asyncio.ensure_future(watch_batch_loop(engine, stop))
     await stop.wait()
+    died = watchdog.done() and watchdog.result()
+    watchdog.cancel()
 
     log.info("shutting down")
     await shutdown(service, server)
-    return 0
+    return 1 if died else 0
+
+
+async def watch_batch_loop(engine: Engine, stop: asyncio.Event, interval: float = 1.0) -> bool:
+    """Set ``stop`` if the batch loop dies while serving (True): an engine never serves without it."""
+    while not stop.is_set():
+        await asyncio.sleep(interval)
+        if not engine.running and not stop.is_set():
+            log.critical("the batch loop stopped unexpectedly (its error is logged above); exiting with status 1 "
+                         "so that the engine is restarted (a Hub restarts its managed service)")
+            stop.set()
+            return True
+    return False
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as the one line an admin reads in the log and in /api/status."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+async def serve_failure(settings: PotluckEngine, reason: str) -> int:
+    """Answer every request with why the engine could not start, until SIGTERM; exit status 1."""
+    from . import __version__ as version
+
+    class Failed(web.RequestHandler):
+        def prepare(self) -> None:
+            status = self.request.path.rstrip("/").endswith("/api/status")
+            body = {"error": {"code": "engine_failed", "message": f"the engine could not start: {reason}"}}
+            if status:   # the readiness probe and the lab's status item: what failed, in one line
+                body.update(version=version, model=settings.model, ready=False, model_error=reason)
+            self.set_status(503)
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps(body))
+
+    base = normalize_base_url(settings.base_url)
+    server = HTTPServer(web.Application([(re.escape(base) + ".*", Failed), (".*", Failed)]))
+    try:
+        server.listen(settings.port, settings.ip)
+    except OSError as e:
+        log.critical("cannot listen on %s:%s: %s", settings.ip, settings.port, e)
+        return 1
+    log.critical("serving only the error at http://%s:%d%sapi/status (503) until stopped: %s", settings.ip,
+                 settings.port, base, reason)
+    loop, stop = asyncio.get_running_loop(), asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    server.stop()
+    return 1
 
 
 async def shutdown(service: Service, server: HTTPServer) -> None:

@@ -50,3 +50,92 @@ def test_the_command_line_app_is_the_engine_config(tmp_path, monkeypatch):
     assert (app.model, app.kv_pages, app.scheduler) == ("from-config", 32, "fcfs")     # the command line wins
     assert app.default_quota_object().tokens_per_minute == 100
     assert app.profile_overrides_with_page_size() == {"page_size": 64}
+
+
+def test_profile_fields_are_read_by_their_type_and_a_bad_one_is_one_line():
+    # The command line gives strings: a number written as one is that number.
+    assert EngineConfig(profile_overrides={"batch_token_budget": "32"}).profile_overrides == {"batch_token_budget": 32}
+    with pytest.raises(TraitError) as e:
+        EngineConfig(profile_overrides={"batch_token_budget": "lots"})
+    assert str(e.value) == "EngineConfig.profile_overrides: batch_token_budget must be a whole number >= 1, got 'lots'"
+    with pytest.raises(TraitError, match="dtype must be one of bfloat16, float16, float32"):
+        EngineConfig(extra_profiles={"gpu": {"base": "cuda-sm80", "dtype": "fp8"}})
+    with pytest.raises(TraitError, match="unknown profile field 'batch_budget'"):
+        EngineConfig(profile_overrides={"batch_budget": 32})
+    with pytest.raises(TraitError, match="kv_pages must be a whole number >= 0"):
+        EngineConfig(kv_pages=-1)
+
+
+def _engine(tmp_path, *args, env=None):
+    import subprocess
+    import sys
+    from pathlib import Path
+    potluck = Path(sys.executable).parent / "potluck"
+    return subprocess.Popen([str(potluck), "engine", f"--data-dir={tmp_path}", *args], cwd=tmp_path,
+                            env={**__import__("os").environ, **(env or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_a_bad_setting_standalone_exits_1_with_one_line_naming_it(tmp_path):
+    proc = _engine(tmp_path, "--PotluckEngine.profile_overrides=batch_token_budget=lots", "--port=1")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert out.strip().splitlines()[-1].endswith(
+        "bad setting: PotluckEngine.profile_overrides: batch_token_budget must be a whole number >= 1, got 'lots'"), out
+
+
+@pytest.mark.parametrize("args, reason", [
+    (("--model=/nonexistent/model.gguf",), "/nonexistent/model.gguf"),
+    (("--PotluckEngine.profile_overrides=batch_token_budget=lots",), "batch_token_budget must be a whole number"),
+])
+def test_as_a_hub_service_an_engine_that_cannot_start_keeps_answering_why(tmp_path, args, reason):
+    import signal
+    import time
+
+    import requests
+
+    from support.engine_process import free_port
+    port = free_port()
+    env = {"JUPYTERHUB_SERVICE_PREFIX": "/services/potluck/", "JUPYTERHUB_API_TOKEN": "t",
+           "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{port}", "JUPYTERHUB_API_URL": "http://127.0.0.1:9/hub/api"}
+    proc = _engine(tmp_path, *args, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}/services/potluck/"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stdout.read()
+            try:
+                r = requests.get(url + "api/status", timeout=2)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+        assert r.status_code == 503
+        body = r.json()
+        assert reason in body["model_error"] and "\n" not in body["model_error"] and body["ready"] is False
+        r = requests.post(url + "api/generate", json={"prompt": "hi"}, timeout=10)
+        assert r.status_code == 503 and reason in r.json()["error"]["message"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert any(reason in line and "could not start" in line for line in out.splitlines()), out
+
+
+def test_a_batch_loop_that_dies_while_serving_stops_the_service():
+    import asyncio
+
+    from potluck.engine.service import watch_batch_loop
+
+    class Engine:
+        running = True
+
+    async def scenario():
+        engine, stop = Engine(), asyncio.Event()
+        watch = asyncio.ensure_future(watch_batch_loop(engine, stop, interval=0.01))
+        await asyncio.sleep(0.05)
+        assert not stop.is_set()
+        engine.running = False          # the loop thread ended without a stop
+        await asyncio.wait_for(stop.wait(), 5)
+        return await watch
+    assert asyncio.run(scenario()) is True
