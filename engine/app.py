@@ -122,8 +122,12 @@ class PotluckApp(Application):
             self.exit(1)
 
     def open_store(self):
-        from .store import Store
-        return Store(self.db_url)
+        from .store import Store, StoreError
+        try:
+            return Store(self.db_url)
+        except StoreError as e:      # a corrupt or locked database: one line, exit non-zero
+            self.log.critical("%s", e)
+            self.exit(1)
 
     def start(self) -> None:
         if self.subapp is not None:

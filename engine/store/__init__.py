@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from .audit import AuditLog
 from .contexts import SavedContexts
-from .db import Database
+from .db import Database, StoreError
 from .groups import GroupQuotas
 from .keyvalue import MAX_VALUE_BYTES, TenantValues
 from .quotas import QuotaOverrides
@@ -56,7 +56,8 @@ from .tokens import ApiTokens
 from .usage import USAGE_FIELDS, UsageLedger, UsageRows
 
 __all__ = [
-    "Store", "UsageLedger", "Database", "USAGE_FIELDS", "NAME_CHARS", "MAX_KEY_CHARS", "MAX_VALUE_BYTES",
+    "Store", "StoreError", "UsageLedger", "Database", "USAGE_FIELDS", "NAME_CHARS", "MAX_KEY_CHARS",
+    "MAX_VALUE_BYTES",
     "Base", "UTCDateTime", "QuotaOverride", "UsageRow", "AuditEntry", "KeyValueRow", "TokenRecord",
     "SavedContextRow", "RunRecord", "GroupQuotaRow",
 ]

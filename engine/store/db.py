@@ -7,6 +7,10 @@ parent folder when on disk, and WAL through ``_sqlite_pragmas``. Every concern o
 ``_session`` (one short transaction per public method, so a store may be shared by many
 threads) and ``_write`` (a read-then-write that survives a concurrent insert).
 
+A database that cannot be opened (a corrupt or locked SQLite file, a PostgreSQL server that
+refuses) is one ``StoreError`` line naming the database (password hidden) and the reason, never
+a traceback: the command line prints it and exits non-zero.
+
 What it must never do: know any table's rules, or keep a session open between calls.
 """
 
@@ -17,7 +21,7 @@ from typing import Any, Callable, TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -25,27 +29,46 @@ from .tables import Base
 
 T = TypeVar("T")
 
+# How long a start waits for a SQLite file another process has locked before giving up (seconds).
+SQLITE_BUSY_TIMEOUT = 5.0
+
+
+class StoreError(RuntimeError):
+    """The database could not be opened or used: one line for the admin."""
+
 
 class Database:
     """One SQL database, its tables created on open."""
 
     def __init__(self, db_url: str) -> None:
-        url = make_url(db_url)
+        try:
+            url = make_url(db_url)
+        except ArgumentError:
+            raise StoreError(f"db_url {db_url.split('@')[-1]!r} is not a database URL "
+                             "(e.g. sqlite:///path/potluck.sqlite or postgresql://user@host/db)") from None
         kwargs: dict[str, Any] = {}
         is_sqlite = url.get_backend_name() == "sqlite"
         if is_sqlite:
             # Sessions are short and may run on any thread; SQLite's own check would refuse that.
-            kwargs["connect_args"] = {"check_same_thread": False}
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT}
             if url.database in (None, "", ":memory:"):
                 # An in-memory database exists per connection: share the one connection.
                 kwargs["poolclass"] = StaticPool
             elif not url.database.startswith("file:"):
                 # A fresh data dir should just work rather than fail with "unable to open".
                 Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        self._engine = create_engine(url, **kwargs)
+        where = url.render_as_string(hide_password=True)
+        try:
+            self._engine = create_engine(url, **kwargs)
+        except (SQLAlchemyError, ImportError) as e:
+            raise StoreError(f"cannot use the database {where}: {_one_line(e)}") from None
         if is_sqlite:
             event.listen(self._engine, "connect", _sqlite_pragmas)
-        Base.metadata.create_all(self._engine)
+        try:
+            Base.metadata.create_all(self._engine)
+        except SQLAlchemyError as e:
+            self._engine.dispose()
+            raise StoreError(f"cannot open the database {where}: {_one_line(e)}") from None
         self._session = sessionmaker(self._engine, expire_on_commit=False)
 
     def close(self) -> None:
@@ -63,6 +86,17 @@ class Database:
         except IntegrityError:
             with self._session.begin() as s:
                 return work(s)
+
+
+def _one_line(e: Exception) -> str:
+    """The driver's own reason, without SQLAlchemy's SQL echo and links."""
+    orig = getattr(e, "orig", None) or e
+    text = " ".join(str(orig).split()) or type(orig).__name__
+    if "locked" in text:
+        text += f" (another process holds it; waited {SQLITE_BUSY_TIMEOUT:g} s)"
+    elif "not a database" in text or "malformed" in text:
+        text += " (the file is damaged or not a SQLite database: restore a backup or move it away)"
+    return text[:300]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
