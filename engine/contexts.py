@@ -7,7 +7,10 @@ tenant's namespace; its tokens are also written to the store, so after a
 restart the first open re-fills it from them.
 
 Names and ids are looked up in the caller's namespace only: another
-tenant's context is "not found" exactly like one that never existed.
+tenant's context is "not found" exactly like one that never existed. A tenant
+keeps at most its quota's ``saved_contexts`` names (snapshots share pages, so
+``kv_pages`` alone never bounded them); saves of new names are serialised so
+concurrent ones cannot pass the limit together.
 
 The ``_on_loop`` methods run on the batch-loop thread (the registry is its
 state); the public methods are called from other threads and go through
@@ -17,6 +20,7 @@ state); the public methods are called from other threads and go through
 from __future__ import annotations
 
 import itertools
+import threading
 from typing import Callable
 
 from .errors import BadRequest, NotFound, QuotaExceeded
@@ -45,6 +49,7 @@ class ContextRegistry:
         self.on_done: Callable | None = None   # what ends an open context's forward (the engine's)
         self.open: dict[str, dict[int, Sequence]] = {}
         self.saved: dict[str, dict[str, Context]] = {}
+        self._saving = threading.Lock()     # a new name is counted and kept in one piece
 
     def add_tenant(self, tenant: str) -> None:
         self.open.setdefault(tenant, {})
@@ -113,12 +118,30 @@ class ContextRegistry:
     def tokens(self, tenant: str, ctx_id: int) -> list[int]:
         return self.call(lambda: list(self.get_on_loop(tenant, ctx_id).ctx.tokens))
 
-    def save(self, tenant: str, ctx_id: int, name: str) -> None:
-        """Keep a snapshot of the context under ``name`` in the tenant's namespace."""
+    def save(self, tenant: str, ctx_id: int, name: str, limit: int | None = None) -> None:
+        """Keep a snapshot of the context under ``name`` in the tenant's namespace.
+
+        ``limit`` is the tenant's ``saved_contexts``: a new name past it is refused (replacing
+        one of the names kept is always allowed).
+        """
         check_saved_name(name)
-        tokens = self.call(lambda: self._keep_on_loop(tenant, name, self.get_on_loop(tenant, ctx_id).ctx, True))
+        with self._saving:
+            if limit is not None:
+                names = self._saved_names(tenant)
+                if name not in names and len(names) >= limit:
+                    raise QuotaExceeded("saved_contexts", limit,
+                                        f"you have {len(names)} saved contexts, your saved_contexts limit; "
+                                        "delete one first (or save under a name you already use)")
+            tokens = self.call(lambda: self._keep_on_loop(tenant, name, self.get_on_loop(tenant, ctx_id).ctx,
+                                                          True))
+            if self.store is not None:
+                self.store.save_context(tenant, name, tokens)
+
+    def _saved_names(self, tenant: str) -> set[str]:
+        names = set(self.call(lambda: list(self.saved.get(tenant, {}))))
         if self.store is not None:
-            self.store.save_context(tenant, name, tokens)
+            names.update(row["name"] for row in self.store.list_contexts(tenant))
+        return names
 
     def open_saved(self, tenant: str, name: str, refill: Callable[[int, list[int]], None]) -> int:
         """A new context continuing the saved ``name``; ``refill(ctx_id, tokens)`` re-computes it after a restart."""

@@ -65,12 +65,27 @@ RECEIVE_BATCH = 64
 # at all: on failure they return their fallback.
 PLAIN, RESULT, TAGGED = "plain", "result", "tagged"
 
-# Imports whose waiting is the run's own choice: their time counts against max_run_seconds.
-RUN_TIME = {"receive", "sleep"}
+MAX_ENCODE_CHARS = 1 << 20   # text one encode call tokenizes (host time the run pays for, in one piece)
+
+# Imports that wait for the batch loop (the model, the fair scheduler serving others, its page
+# pool): their time is given back to the run's max_run_seconds. Everything else a host call does
+# for the run (tokenizing, the key-value store, saving contexts, messages, sleeping) is the run's
+# own time: a run limited to 5 s could otherwise tokenize for 18 s and slow everyone else.
+MODEL_WAIT = {"fill", "forward", "forward_all", "create", "open", "fork", "drop", "truncate", "tokens"}
 
 
 class Refused(Exception):
     """An import refused: the message goes back to the guest as the result's err."""
+
+
+def strict_json(body: str, what: str):
+    """Parse JSON text as the strict standard says (no NaN or Infinity); Refused naming the problem."""
+    def no_constant(name):
+        raise ValueError(f"{name} is not JSON")
+    try:
+        return json.loads(body, parse_constant=no_constant)
+    except (ValueError, RecursionError) as e:
+        raise Refused(f"{what} must be one JSON value: {' '.join(str(e).split())[:200]}") from None
 
 
 @dataclass(frozen=True)
@@ -188,6 +203,8 @@ class RunImports:
 
     @host_call("model.encode", PLAIN, fallback=list)
     def encode(self, text: str) -> list[int]:
+        if len(text) > MAX_ENCODE_CHARS:
+            raise Refused(f"encode takes at most {MAX_ENCODE_CHARS} characters at a time")
         return self.port.encode(text)
 
     @host_call("model.decode", PLAIN, fallback=str)
@@ -196,9 +213,11 @@ class RunImports:
 
     @host_call("model.encode-chat")
     def encode_chat(self, messages_json: str) -> list[int]:
+        if len(messages_json) > MAX_ENCODE_CHARS:
+            raise Refused(f"encode-chat takes at most {MAX_ENCODE_CHARS} characters of messages at a time")
         try:
             messages = json.loads(messages_json)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise Refused("messages must be a JSON list of {role, content} objects") from None
         return self.port.encode_chat(messages)
 
@@ -313,6 +332,7 @@ class RunImports:
     def publish(self, topic: str, body: str) -> None:
         if len(body) > MAX_MESSAGE_BYTES:
             raise Refused(f"a message is at most {MAX_MESSAGE_BYTES} bytes of JSON")
+        strict_json(body, "a message")      # subscribers parse it: refuse here what they could not
         self.topics.publish(self.run, topic, body)
 
     @host_call("io.subscribe")
@@ -368,16 +388,23 @@ class RunImports:
 def call(imports: RunImports | None, verb: Verb, args: tuple) -> Any:
     """Run one import and lower its outcome; never raises.
 
-    Time spent in any other import is the engine's (the scheduler serving
-    other tenants, the loop between steps, the tokenizer), so the run's
-    deadline moves by that much: on a busy engine a run is not punished for
-    waiting its turn.
+    Time spent in an import that waits for the batch loop (``MODEL_WAIT``:
+    the scheduler serving other tenants, the step in progress) is given back:
+    the run's deadline moves by that much, so on a busy engine a run is not
+    punished for waiting its turn. Every other import's time is the run's.
+    Each import first checks that the run may go on (cancelled, killed, past
+    its deadline: refused at once), and shows what the run printed so far.
     """
     t0 = time.monotonic()
     method = verb.method
     try:
         if imports is None:
             raise Refused("no run is active on this thread")
+        reason = imports.run.check_alive()
+        if reason is not None:
+            raise Refused(reason)
+        if method != "emit":
+            imports.run.flush_output()
         value = getattr(imports, method)(*args)
         return Variant("ok", value) if verb.shape == TAGGED else value
     except (Refused, PotluckError) as e:
@@ -386,7 +413,7 @@ def call(imports: RunImports | None, verb: Verb, args: tuple) -> Any:
         log.exception("inferlet import %s failed", method)
         msg = f"internal error in {method}: {type(e).__name__}"
     finally:
-        if imports is not None and method not in RUN_TIME:
+        if imports is not None and method in MODEL_WAIT:
             imports.run.extend_deadline(time.monotonic() - t0)
     if verb.shape == PLAIN:
         return verb.fallback()

@@ -14,14 +14,15 @@ A thread per run: wasm runs with the GIL released, and a forward call simply
 blocks its thread on the engine's future, so every run's forwards land in the
 engine's shared batches. Limits come from the owner's quota when the run
 starts: ``max_runs`` (concurrent; QuotaExceeded beyond), ``fuel_per_run``,
-``max_run_seconds``, ``memory_mb_per_run``; KV pages and token rates are
-enforced by the engine on each forward; output is capped by
-``max_output_bytes``.
+``max_run_seconds``, ``memory_mb_per_run``, ``run_output_bytes``; KV pages
+and token rates are enforced by the engine on each forward.
 
-Live runs are kept in memory (with the last ``keep_finished`` ended ones per
-tenant); every run is also written to the store's run history when it is
-created and at each change of state, so past runs can be listed after they
-left memory or after a restart. At start the manager marks runs the store
+Live runs are kept in memory, with the last ``keep_finished`` ended ones per
+tenant as long as their events together hold at most the owner's
+``run_history_bytes`` (older ones leave memory first); every run is also
+written to the store's run history when it is created and at each change of
+state (at most ``keep_records`` per tenant), so past runs can be listed after
+they left memory or after a restart. At start the manager marks runs the store
 still has as queued or running as ``failed``: the engine that ran them stopped
 (a crash or SIGKILL; a clean stop cancels every run first).
 
@@ -60,15 +61,15 @@ MAX_ARGS_BYTES = 1 << 20
 class RunManager:
     """Starts, finds, lists and cancels runs, per tenant. Thread-safe."""
 
-    def __init__(self, engine, store=None, *, sandbox=None, max_output_bytes: int = 1 << 20,
-                 max_threads: int = 256, keep_finished: int = 20, history_limit: int = 100):
+    def __init__(self, engine, store=None, *, sandbox=None, max_threads: int = 256, keep_finished: int = 20,
+                 history_limit: int = 100, keep_records: int = 1000):
         from .wasm import Sandbox
         self.port = EnginePort(engine, store)
         self.store = store
         self.sandbox = sandbox or Sandbox()
-        self.max_output_bytes = max_output_bytes
         self.max_threads = max_threads
         self.keep_finished = keep_finished
+        self.keep_records = keep_records
         self.topics = Topics()
         self._lock = threading.Lock()
         self._runs: dict[str, dict[str, Run]] = {}       # tenant -> id -> run (insertion order)
@@ -214,7 +215,18 @@ class RunManager:
         with self._lock:
             self._threads -= 1
             self._set_active(run.tenant, self._active.get(run.tenant, 1) - 1)
+            self._trim(run.tenant, ending=run)
             self._launch()
+        if self.store is not None:
+            try:
+                self.store.prune_runs(run.tenant, self.keep_records)
+            except Exception:
+                log.exception("could not prune the run history of %s", run.tenant)
+
+    def held_bytes(self, tenant: str) -> int:
+        """What the tenant's runs in memory hold in events (live and ended)."""
+        with self._lock:
+            return sum(r.held_bytes for r in self._runs.get(tenant, {}).values())
 
     # ------------------------------------------------------------ internals
     def _set_active(self, tenant: str, n: int) -> None:
@@ -222,11 +234,17 @@ class RunManager:
         self._active[tenant] = n
         self.port.note_active_runs(tenant, n)
 
-    def _trim(self, tenant: str) -> None:
+    def _trim(self, tenant: str, ending: Run | None = None) -> None:
+        # with self._lock held: keep the newest ended runs within keep_finished and run_history_bytes
         runs = self._runs[tenant]
-        ended = [rid for rid, r in runs.items() if r.done]
-        for rid in ended[:max(0, len(ended) - self.keep_finished)]:
-            del runs[rid]
+        ended = [r for r in runs.values() if r.done or r is ending]
+        budget = ended[-1].quota.run_history_bytes if ended else None
+        kept, held = 0, 0
+        for r in reversed(ended):
+            held += r.held_bytes
+            kept += 1
+            if kept > self.keep_finished or (budget is not None and held > budget):
+                del runs[r.id]
 
     def _launch(self) -> None:
         # with self._lock held

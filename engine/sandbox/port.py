@@ -112,7 +112,8 @@ class EnginePort:
         return self._store.kv_get(tenant, key)
 
     def kv_put(self, tenant: str, key: str, value: bytes) -> None:
-        self._store.kv_put(tenant, key, value)
+        """Held to the tenant's ``kv_store_bytes`` (keys and values together)."""
+        self._store.kv_put(tenant, key, value, limit=self.quota(tenant).kv_store_bytes)
 
     def kv_delete(self, tenant: str, key: str) -> bool:
         return self._store.kv_delete(tenant, key)

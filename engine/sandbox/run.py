@@ -10,6 +10,16 @@ A run's life: ``queued`` (waiting for a thread slot) -> ``running`` ->
 - ``message``: ``body``, a JSON value the run sent to its owner,
 - ``usage``: ``prefill_tokens``, ``decode_tokens``, ``forwards``, ``fuel``, ``output_bytes``.
 
+Everything a run makes the engine hold is bounded by its owner's quota: what
+it prints, sends and publishes counts against ``run_output_bytes`` (a
+message by its JSON length or, if larger, the memory its value takes);
+printed text is gathered into one ``output`` event per ``COALESCE_BYTES`` or
+``COALESCE_SECONDS`` (printing a byte at a time makes a few hundred events,
+not a million), and a run makes at most ``MAX_EVENTS`` events. ``held_bytes``
+estimates the memory its events take, so the manager can bound what ended
+runs keep (``run_history_bytes``). Its inbox holds at most ``MAX_INBOX``
+messages and ``MAX_INBOX_BYTES``.
+
 A run talks to its manager only through ``RunSite`` (below): the engine port
 and topics its host calls use, its run history, and three moments of its life
 (taken off the queue, fuel used, ended). It never touches the engine or
@@ -22,14 +32,15 @@ import collections
 import itertools
 import json
 import logging
+import sys
 import threading
 import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from ..errors import BadRequest, QuotaExceeded, RequestTooLarge
-from ..protocol import CANCELLED, FAILED, FINISHED, QUEUED, RUNNING
-from .host_calls import MAX_MESSAGE_BYTES, Refused, RunImports
+from ..protocol import CANCELLED, DONE_STATES, FAILED, FINISHED, QUEUED, RUNNING
+from .host_calls import MAX_MESSAGE_BYTES, Refused, RunImports, strict_json
 
 if TYPE_CHECKING:
     from .port import EnginePort
@@ -38,7 +49,31 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("potluck.sandbox")
 
-MAX_INBOX = 1024
+MAX_INBOX = 1024                 # unread messages in a run's inbox
+MAX_INBOX_BYTES = 1 << 20        # and their bytes
+MAX_EVENTS = 4096                # events one run may make (printed text is coalesced first)
+COALESCE_BYTES = 4096            # printed text is gathered into events of about this size...
+COALESCE_SECONDS = 0.05          # ...or this age, whichever comes first
+EVENT_OVERHEAD = 320             # bytes an event takes besides its text (dict, seq, time): counted too
+USAGE_EVENT_SECONDS = 1.0        # periodic usage events at most this often
+
+
+def _is_final(ev: dict) -> bool:
+    return ev["type"] == "status" and ev["state"] in DONE_STATES
+
+
+def value_bytes(obj) -> int:
+    """Memory a parsed JSON value takes (a message of "[[],[],...]" takes ~20x its text)."""
+    total, stack = 0, [obj]
+    while stack:
+        x = stack.pop()
+        total += sys.getsizeof(x)
+        if isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return total
 
 
 def _iso(t: float | None) -> str | None:
@@ -51,7 +86,6 @@ class RunSite(Protocol):
     port: "EnginePort"
     topics: "Topics"
     sandbox: "Sandbox"
-    max_output_bytes: int
 
     def save_record(self, record: dict) -> None:
         """Write a run's JSON to the run history (if there is one); may raise."""
@@ -85,6 +119,13 @@ class Run:
         self.finished: float | None = None
         self.usage = {"prefill_tokens": 0, "decode_tokens": 0, "forwards": 0, "fuel": 0, "output_bytes": 0}
         self.events: list[dict] = []
+        self.held_bytes = 0                 # estimated memory of ``events`` (see EVENT_OVERHEAD)
+        self._pending_stream: str | None = None     # printed text not yet made into an event
+        self._pending: list[str] = []
+        self._pending_chars = 0
+        self._pending_since = 0.0
+        self._last_usage_event = 0.0
+        self._inbox_bytes = 0
         self.cancel_requested = False
         self.killed_reason: str | None = None
         self.started_monotonic = time.monotonic()
@@ -118,19 +159,27 @@ class Run:
     def subscribe(self, fn: Callable[[dict], None], since: int = 0) -> Callable[[], None]:
         """Call ``fn(event)`` for every event with ``seq >= since`` (past ones at once), then live ones.
 
+        The final ``status`` event always comes, whatever ``since`` says, so a follower
+        that asked for events past the end still learns how the run ended.
         ``fn`` runs on whichever thread produced the event, with the run's lock
         held: it must not block (hand the event to a queue or an event loop).
         Returns a function that unsubscribes.
         """
+        def wanted(ev: dict) -> None:
+            if ev["seq"] >= since or _is_final(ev):
+                fn(ev)
         with self._lock:
-            for ev in self.events[since:]:
+            past = self.events[since:]
+            if not past and self.events and _is_final(self.events[-1]):
+                past = self.events[-1:]
+            for ev in past:
                 self._deliver_event(fn, ev)
-            self._subs.append(fn)
+            self._subs.append(wanted)
 
         def unsubscribe() -> None:
             with self._lock:
-                if fn in self._subs:
-                    self._subs.remove(fn)
+                if wanted in self._subs:
+                    self._subs.remove(wanted)
         return unsubscribe
 
     def events_since(self, seq: int = 0) -> list[dict]:
@@ -139,7 +188,11 @@ class Run:
 
     def send(self, message) -> None:
         """Deliver a JSON-serialisable message to the run (its ``receive()``)."""
-        body = json.dumps(message)
+        try:
+            body = json.dumps(message, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise BadRequest(f"a message to a run must be plain JSON (no NaN or Infinity): {e}",
+                             code="invalid_json") from None
         if len(body) > MAX_MESSAGE_BYTES:
             raise RequestTooLarge("message_bytes", MAX_MESSAGE_BYTES,
                                   f"a message to a run is at most {MAX_MESSAGE_BYTES} bytes of JSON")
@@ -147,10 +200,13 @@ class Run:
             if self.done:
                 raise BadRequest(f"run {self.id} has ended ({self.state}); it takes no more messages",
                                  code="run_ended")
-            if len(self._inbox) >= MAX_INBOX:
+            if len(self._inbox) >= MAX_INBOX or self._inbox_bytes + len(body) > MAX_INBOX_BYTES:
                 raise QuotaExceeded("run_inbox", MAX_INBOX,
-                                    f"run {self.id} has {MAX_INBOX} unread messages; wait for it to read them")
+                                    f"run {self.id} has {len(self._inbox)} unread messages ({self._inbox_bytes} "
+                                    f"bytes; at most {MAX_INBOX} and {MAX_INBOX_BYTES} bytes); wait for it to "
+                                    "read them")
             self._inbox.append(("", body))
+            self._inbox_bytes += len(body)
             self._wake.notify_all()
 
     def cancel(self) -> None:
@@ -179,11 +235,32 @@ class Run:
     # --------------------------------------------- called from the run thread
     def _event(self, type_: str, **data) -> dict:
         with self._lock:
-            ev = {"seq": next(self._seq), "time": time.time(), "type": type_, **data}
-            self.events.append(ev)
-            for fn in list(self._subs):
-                self._deliver_event(fn, ev)
-            return ev
+            self._flush_output()        # printed text first: events stay in the order they happened
+            return self._append(type_, data, EVENT_OVERHEAD)
+
+    def _append(self, type_: str, data: dict, size: int) -> dict:
+        # with self._lock held
+        ev = {"seq": next(self._seq), "time": time.time(), "type": type_, **data}
+        self.events.append(ev)
+        self.held_bytes += size
+        for fn in list(self._subs):
+            self._deliver_event(fn, ev)
+        return ev
+
+    def _flush_output(self) -> None:
+        # with self._lock held: the printed text gathered so far becomes one event
+        if self._pending:
+            text = "".join(self._pending)
+            self._pending.clear()
+            self._pending_chars = 0
+            self._append("output", {"stream": self._pending_stream, "text": text},
+                         EVENT_OVERHEAD + sys.getsizeof(text))
+
+    def flush_output(self, max_age: float = 0.0) -> None:
+        """Make the printed text gathered so far an event (if it is at least ``max_age`` seconds old)."""
+        if self._pending and time.monotonic() - self._pending_since >= max_age:
+            with self._lock:
+                self._flush_output()
 
     @staticmethod
     def _deliver_event(fn, ev) -> None:
@@ -209,11 +286,12 @@ class Run:
             return self.kill(CANCELLED, "cancelled by its owner")
         if time.monotonic() > self.deadline:
             return self.kill(FAILED, self._time_limit_message())
+        self.flush_output(COALESCE_SECONDS)     # a run computing for long still shows what it printed
         return None
 
     def _time_limit_message(self) -> str:
         return (f"the run hit its time limit (max_run_seconds = {self.quota.max_run_seconds}); "
-                "time spent waiting for the model does not count")
+                "only time spent waiting for the model does not count")
 
     def extend_deadline(self, seconds: float) -> None:
         self.deadline += seconds
@@ -224,29 +302,61 @@ class Run:
         u["decode_tokens"] += decode
         u["forwards"] += 1
         if u["forwards"] % 64 == 0:
-            self._event("usage", **u)
+            now = time.monotonic()
+            if now - self._last_usage_event >= USAGE_EVENT_SECONDS and len(self.events) < MAX_EVENTS // 2:
+                self._last_usage_event = now
+                self._event("usage", **u)
+
+    def charge_output(self, n: int, what: str) -> None:
+        """Count ``n`` bytes the run made the engine hold (printed, sent, published) against ``run_output_bytes``."""
+        limit = self.quota.run_output_bytes
+        if limit is not None and self.usage["output_bytes"] + n > limit:
+            self.usage["output_bytes"] = max(self.usage["output_bytes"], limit)
+            raise Refused(self.kill(FAILED, f"the run {what} more than its output limit of {limit} bytes "
+                                            "(run_output_bytes)"))
+        self.usage["output_bytes"] += n
+
+    def _check_events(self) -> None:
+        if len(self.events) >= MAX_EVENTS:
+            raise Refused(self.kill(FAILED, f"the run made more than {MAX_EVENTS} events (prints and messages); "
+                                            "print larger pieces or send fewer messages"))
 
     def output(self, text: str, stream: str) -> None:
         if not text:
             return
-        n = len(text.encode("utf-8", errors="replace"))
-        limit = self.manager.max_output_bytes
-        if self.usage["output_bytes"] + n > limit:
-            room = max(0, limit - self.usage["output_bytes"])
-            if room:
-                self._event("output", stream=stream, text=text.encode()[:room].decode("utf-8", errors="ignore"))
-                self.usage["output_bytes"] = limit
-            raise Refused(self.kill(FAILED, f"the run printed more than its output limit of {limit} bytes"))
-        self.usage["output_bytes"] += n
-        self._event("output", stream=stream, text=text)
+        data = text.encode("utf-8", errors="replace")
+        with self._lock:
+            self._check_events()
+            limit = self.quota.run_output_bytes
+            room = None if limit is None else limit - self.usage["output_bytes"]
+            if room is not None and len(data) > room:
+                # What fits is still shown, so the owner sees where it stopped.
+                self._add_output(data[:max(0, room)].decode("utf-8", errors="ignore"), stream)
+                self._flush_output()
+            self.charge_output(len(data), "printed")
+            self._add_output(text, stream)
+
+    def _add_output(self, text: str, stream: str) -> None:
+        # with self._lock held
+        if not text:
+            return
+        if self._pending and self._pending_stream != stream:
+            self._flush_output()
+        if not self._pending:
+            self._pending_stream, self._pending_since = stream, time.monotonic()
+        self._pending.append(text)
+        self._pending_chars += len(text)
+        if self._pending_chars >= COALESCE_BYTES or time.monotonic() - self._pending_since >= COALESCE_SECONDS:
+            self._flush_output()
 
     def message_out(self, body: str) -> None:
-        n = len(body)
-        limit = self.manager.max_output_bytes
-        if self.usage["output_bytes"] + n > limit:
-            raise Refused(self.kill(FAILED, f"the run sent more than its output limit of {limit} bytes"))
-        self.usage["output_bytes"] += n
-        self._event("message", body=json.loads(body))
+        value = strict_json(body, "a message")
+        size = value_bytes(value)
+        with self._lock:
+            self._check_events()
+            self.charge_output(max(len(body), size), "sent")
+            self._flush_output()
+            self._append("message", {"body": value}, EVENT_OVERHEAD + size)
 
     def wasi_stdout(self, data: bytes) -> None:
         self._wasi(data, "stdout")
@@ -279,7 +389,9 @@ class Run:
         with self._lock:
             if not self._wait_for(lambda: bool(self._inbox), timeout):
                 return []
-            return [self._inbox.popleft() for _ in range(min(limit, len(self._inbox)))]
+            out = [self._inbox.popleft() for _ in range(min(limit, len(self._inbox)))]
+            self._inbox_bytes -= sum(len(body) for _, body in out)
+            return out
 
     def sleep(self, seconds: float) -> None:
         if not seconds >= 0:
@@ -290,9 +402,10 @@ class Run:
     def deliver(self, topic: str, body: str) -> bool:
         """A message published on one of the owner's topics, into the inbox; False if it did not fit."""
         with self._lock:
-            if self.done or len(self._inbox) >= MAX_INBOX:
+            if self.done or len(self._inbox) >= MAX_INBOX or self._inbox_bytes + len(body) > MAX_INBOX_BYTES:
                 return False
             self._inbox.append((topic, body))
+            self._inbox_bytes += len(body)
             self._wake.notify_all()
             return True
 
@@ -349,7 +462,9 @@ class Run:
             self.error = error
             self.finished = time.time()
             self.source = ""
+            self.args_json = ""         # up to 1 MiB: an ended run keeps only its events
             self._inbox.clear()
+            self._inbox_bytes = 0
         self.persist()     # before the final event: whoever saw the run end finds it so after a restart
         with self._lock:
             self.component = None
@@ -357,5 +472,8 @@ class Run:
             if error is not None:
                 ev["error"] = error
             self._event("status", **ev)
+        # Before waiters wake: whoever saw the run end finds its slot, topics and memory released.
+        try:
+            self.manager.ended(self)
+        finally:
             self._done.set()
-        self.manager.ended(self)

@@ -6,14 +6,19 @@ page pool); here a "key" is a tenant's string and a "value" their bytes. The pub
 same names call them.
 
 Every method takes the tenant and filters by it: no method can read, list or delete another
-tenant's values. What it must never do: interpret a value.
+tenant's values. A put may be held to a tenant's total (``limit``: the quota's ``kv_store_bytes``,
+keys and values together, counted in SQL); puts are serialised within the process so two
+concurrent puts cannot both fit under it. What it must never do: interpret a value.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import delete, select
+import threading
+
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from ..errors import QuotaExceeded
 from .db import Database
 from .tables import KeyValueRow, check_key
 
@@ -22,26 +27,45 @@ MAX_VALUE_BYTES = 1 << 20  # 1 MiB
 
 class TenantValues(Database):
     kv_max_value_bytes: int = MAX_VALUE_BYTES  # the Store sets its own from its settings
+    _kv_put_lock = threading.Lock()
+
+    def kv_bytes(self, tenant: str) -> int:
+        """Bytes the tenant's keys and values take (what ``kv_store_bytes`` limits)."""
+        q = select(func.coalesce(func.sum(func.length(KeyValueRow.key) + func.length(KeyValueRow.value)), 0))
+        with self._session.begin() as s:
+            return int(s.scalar(q.where(KeyValueRow.tenant == tenant)))
 
     def kv_get(self, tenant: str, key: str) -> bytes | None:
         with self._session.begin() as s:
             row = s.get(KeyValueRow, (tenant, key))
             return bytes(row.value) if row is not None else None
 
-    def kv_put(self, tenant: str, key: str, value: bytes) -> None:
+    def kv_put(self, tenant: str, key: str, value: bytes, limit: int | None = None) -> None:
+        """Store a value; with ``limit``, refuse (QuotaExceeded) a put that takes the tenant past it."""
         check_key("key", key)
         value = bytes(value)
         if len(value) > self.kv_max_value_bytes:
             raise ValueError(f"value is {len(value)} bytes; the limit is {self.kv_max_value_bytes} bytes")
+        size = len(key.encode("utf-8")) + len(value)
 
         def work(s: Session) -> None:
             row = s.get(KeyValueRow, (tenant, key))
+            if limit is not None:
+                total = s.scalar(select(func.coalesce(func.sum(
+                    func.length(KeyValueRow.key) + func.length(KeyValueRow.value)), 0)).where(
+                    KeyValueRow.tenant == tenant))
+                old = len(key.encode("utf-8")) + len(row.value) if row is not None else 0
+                if int(total) - old + size > limit:
+                    raise QuotaExceeded("kv_store_bytes", limit,
+                                        f"your key-value store would hold {int(total) - old + size} bytes, over your "
+                                        f"kv_store_bytes limit {limit}; delete some keys first")
             if row is None:
                 s.add(KeyValueRow(tenant=tenant, key=key, value=value))
             else:
                 row.value = value
 
-        self._write(work)
+        with self._kv_put_lock:
+            self._write(work)
 
     def kv_delete(self, tenant: str, key: str) -> bool:
         with self._session.begin() as s:

@@ -4,8 +4,9 @@ A run is written when it is created and at each change of state, so a run cut of
 is found again at the next start (still in one of ``protocol.LIVE_STATES``) and marked failed.
 Rows go in and come out in the shape of ``Run.to_json``.
 
-What it must never do: keep a run's source or output, or return another tenant's run to a
-tenant (only ``list_runs(tenant=None)``, for admins, spans tenants).
+A tenant's history is bounded (``prune_runs``, called as runs end), so starting runs without end
+cannot grow the database without end. What it must never do: keep a run's source or output, or
+return another tenant's run to a tenant (only ``list_runs(tenant=None)``, for admins, spans tenants).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from ..protocol import FAILED, LIVE_STATES
@@ -55,6 +56,16 @@ class RunHistory(Database):
             q = q.where(RunRecord.tenant == tenant)
         with self._session.begin() as s:
             return [_run_json(r) for r in s.scalars(q)]
+
+    def prune_runs(self, tenant: str, keep: int) -> int:
+        """Forget ``tenant``'s ended runs past its newest ``keep`` runs (a tenant's history stays bounded)."""
+        with self._session.begin() as s:
+            cut = s.scalar(select(RunRecord.created_at).where(RunRecord.tenant == tenant)
+                           .order_by(RunRecord.created_at.desc(), RunRecord.id).offset(keep).limit(1))
+            if cut is None:
+                return 0
+            return s.execute(delete(RunRecord).where(RunRecord.tenant == tenant, RunRecord.created_at <= cut,
+                                                     RunRecord.state.not_in(LIVE_STATES))).rowcount
 
     def fail_unfinished_runs(self, error: str) -> int:
         """Mark every run still queued or running as failed with ``error`` (at engine start)."""

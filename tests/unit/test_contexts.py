@@ -143,3 +143,21 @@ def test_swap_victim_is_the_tenant_furthest_over_its_share():
     assert all(p.slot is not None for p in light.pages)
     assert sum(p.slot is None for p in hog.pages) == 2
     assert pool.tenants["light"].resident == 3
+
+
+def test_saved_contexts_are_held_to_the_quota_and_replacing_a_name_is_free(engine):
+    engine.set_user_override("alice", {"saved_contexts": 2}, actor="root")
+    ctx = engine.create_context("alice")
+    engine.forward("alice", ctx, [5, 6, 7], None).result()
+    engine.save_context("alice", ctx, "one")
+    engine.save_context("alice", ctx, "two")
+    with pytest.raises(QuotaExceeded) as e:
+        engine.save_context("alice", ctx, "three")
+    assert e.value.limit == "saved_contexts" and e.value.value == 2
+    engine.save_context("alice", ctx, "two")               # a name already kept: replaced
+    with pytest.raises(QuotaExceeded):
+        engine.fill_saved("alice", "three", tokens=[1, 2])
+    engine.delete_saved("alice", "one")
+    engine.fill_saved("alice", "three", tokens=[1, 2])
+    assert [c["name"] for c in engine.list_saved("alice")] == ["three", "two"]
+    engine.save_context("bob", engine.create_context("bob"), "one")     # bob's count is his own

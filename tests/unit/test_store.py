@@ -404,3 +404,50 @@ def test_runs_left_live_are_marked_failed_at_the_next_start(store, db_url):
         assert store.fail_unfinished_runs("again") == 0
     finally:
         store.close()
+
+
+def test_key_value_puts_are_held_to_a_byte_limit_keys_included(store):
+    from potluck.engine.errors import QuotaExceeded
+    store.kv_put("alice", "a", b"x" * 60, limit=100)
+    with pytest.raises(QuotaExceeded) as e:
+        store.kv_put("alice", "b", b"y" * 60, limit=100)
+    assert e.value.limit == "kv_store_bytes" and "100" in e.value.message
+    store.kv_put("alice", "a", b"z" * 99, limit=100)           # replacing counts the old value out
+    assert store.kv_bytes("alice") == 100 and store.kv_bytes("bob") == 0
+    store.kv_put("bob", "b", b"y" * 60, limit=100)              # another tenant's room is its own
+
+
+def test_prune_runs_keeps_the_newest_ended_runs_of_one_tenant(store):
+    for i in range(6):
+        store.save_run({"id": f"r{i}", "owner": "alice", "state": "running" if i == 0 else "finished",
+                        "created": (H0 + timedelta(minutes=i)).isoformat()})
+    store.save_run({"id": "b0", "owner": "bob", "state": "finished", "created": H0.isoformat()})
+    assert store.prune_runs("alice", 3) == 2
+    assert [r["id"] for r in store.list_runs("alice")] == ["r5", "r4", "r3", "r0"]      # a live one stays
+    assert [r["id"] for r in store.list_runs("bob")] == ["b0"]
+
+
+def test_a_corrupt_or_locked_sqlite_file_is_one_line_naming_it(tmp_path):
+    import sqlite3
+
+    from potluck.engine.store import StoreError
+    bad = tmp_path / "bad.sqlite"
+    bad.write_bytes(b"this is not a database" * 500)
+    with pytest.raises(StoreError) as e:
+        Store(f"sqlite:///{bad}")
+    assert "\n" not in str(e.value) and "bad.sqlite" in str(e.value) and "not a database" in str(e.value)
+    locked = tmp_path / "locked.sqlite"
+    holder = sqlite3.connect(locked)
+    holder.execute("CREATE TABLE t (x)")
+    holder.commit()
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreError) as e:
+            Store(f"sqlite:///{locked}")
+        assert "\n" not in str(e.value) and "locked" in str(e.value)
+    finally:
+        holder.rollback()
+        holder.close()
+    with pytest.raises(StoreError) as e:
+        Store("not a url")
+    assert "db_url" in str(e.value)
