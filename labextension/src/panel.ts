@@ -106,6 +106,7 @@ export class PotluckPanel extends Widget {
     const runs = section('jp-Potluck-runsSection', 'My runs');
     this._runs = table('jp-Potluck-runs', ['run', 'state', 'tokens', 'fuel', 'age', '']);
     this._runsEmpty = el('p', 'jp-Potluck-empty', 'No inferlet runs yet: start one with %%inferlet in a notebook.');
+    this._runsEmpty.hidden = true;       // until the engine has answered: no "No runs" before we know
     runs.appendChild(this._runs);
     runs.appendChild(this._runsEmpty);
     this.node.appendChild(runs);
@@ -113,6 +114,7 @@ export class PotluckPanel extends Widget {
     const contexts = section('jp-Potluck-contextsSection', 'My saved contexts');
     this._contexts = table('jp-Potluck-contexts', ['name', 'tokens', '']);
     this._contextsEmpty = el('p', 'jp-Potluck-empty', 'No saved contexts.');
+    this._contextsEmpty.hidden = true;
     contexts.appendChild(this._contexts);
     contexts.appendChild(this._contextsEmpty);
     this.node.appendChild(contexts);
@@ -165,7 +167,7 @@ export class PotluckPanel extends Widget {
     empty.classList.toggle('jp-Potluck-unknown', unknown);
     if (unknown) {
       const reason = this.state.error || '';
-      setText(empty, `${what}: unknown, ${reason.startsWith('engine unreachable') ? 'the engine is unreachable' : 'the engine did not answer'}.`);
+      setText(empty, `${what}: unknown, ${reason.startsWith('engine unreachable') ? 'the engine is unreachable' : 'it could not be read (see above)'}.`);
       empty.hidden = false;
     } else {
       setText(empty, empty.dataset.emptyText);
@@ -197,6 +199,11 @@ export class PotluckPanel extends Widget {
 
   private _renderSummary(): void {
     const { status, me } = this.state;
+    if (this.state.error && this.state.error.startsWith('engine unreachable')) {
+      // Never "No runs" next to "engine unreachable": the lists are unknown until it answers.
+      this._unknown(this._runsEmpty, true, 'My runs');
+      this._unknown(this._contextsEmpty, true, 'My saved contexts');
+    }
     if (status) {
       const rows: [string, string][] = [
         ['model', status.model],
