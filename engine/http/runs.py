@@ -8,8 +8,9 @@ existed (GET, DELETE and the WebSocket alike).
 ``WS api/runs/{id}/events`` is authenticated like every other endpoint (an
 ``Authorization: token|Bearer`` header on the upgrade request; no token in
 the URL), by the same ``ServiceHandler`` code, and refused with the same JSON
-errors. It sends the run's past events, then live ones, one JSON text frame
-each, and closes after the final ``status`` event. Text frames from the
+errors. It sends the run's past events (from ``?since=N``, an event number),
+then live ones, one JSON text frame each, and closes after the final
+``status`` event, which it always sends, even when ``since`` is past the end. Text frames from the
 client are JSON values delivered to the run (its ``receive()``); a message
 the run cannot take is answered with an ``{"type": "error", "error": {...}}``
 frame and the socket stays open. Events reach the IOLoop from the run's own
@@ -28,6 +29,8 @@ import base64
 import binascii
 import json
 import logging
+import math
+import re
 from datetime import datetime
 
 from tornado import websocket
@@ -40,6 +43,33 @@ from .base import APIHandler, ServiceHandler, check_fields
 log = logging.getLogger("potluck.engine")
 
 CANCEL_WAIT = 5.0       # seconds DELETE waits for the run to stop before answering 202
+MAX_SINCE_DIGITS = 9    # ?since= is an event number; a run makes far fewer than 10**9 events
+MAX_WS_MESSAGE = 256 << 10  # a frame from the client; a run takes at most 64 KiB of JSON anyway
+
+
+def check_since(text: str) -> int:
+    """``?since=`` as an event number: ASCII digits only (``"²".isdigit()`` is true; ``int("²")`` fails)."""
+    if not re.fullmatch(rf"[0-9]{{1,{MAX_SINCE_DIGITS}}}", text):
+        raise BadRequest(f"since must be an event number from 0 to {10 ** MAX_SINCE_DIGITS - 1} "
+                         f"(ASCII digits), got {text[:40]!r}", code="invalid_type", param="since")
+    return int(text)
+
+
+def parse_message(text: str):
+    """A client's frame as one strict JSON value (NaN, Infinity and 1e999 refused, never dropped later)."""
+    def no_constant(name):
+        raise ValueError(f"{name} is not valid JSON")
+
+    def finite(num: str) -> float:
+        value = float(num)
+        if not math.isfinite(value):
+            raise ValueError(f"the number {num[:40]} is out of range")
+        return value
+    try:
+        return json.loads(text, parse_constant=no_constant, parse_float=finite)
+    except (ValueError, RecursionError) as e:
+        raise BadRequest(f"a message to a run is one JSON value: {' '.join(str(e).split())[:200]}",
+                         code="invalid_json") from None
 
 
 def run_manager(service):
@@ -174,6 +204,10 @@ class RunEventsHandler(ServiceHandler, websocket.WebSocketHandler):
     _unsubscribe = None
     _closing = False
 
+    @property
+    def max_message_size(self) -> int:
+        return MAX_WS_MESSAGE      # a bigger frame closes the socket (1009) before it is parsed
+
     def check_origin(self, origin: str) -> bool:
         # Credentials come only from the Authorization header, which a browser page cannot set on
         # a WebSocket: a cross-site page cannot act as anyone, so the origin proves nothing here.
@@ -187,10 +221,7 @@ class RunEventsHandler(ServiceHandler, websocket.WebSocketHandler):
                 self.run = runs.get(ident.tenant, run_id)
             except NotFound:
                 self.past = await self.blocking(runs.record, ident.tenant, run_id)
-            since = self.get_query_argument("since", "0")
-            if not since.isdigit():
-                raise BadRequest("since must be a non-negative event number", code="invalid_type", param="since")
-            self._since = int(since)
+            self._since = check_since(self.get_query_argument("since", "0"))
         except PotluckError as e:
             self.answer_error(e)        # before the upgrade: a plain JSON answer, like every endpoint's
             return
@@ -231,11 +262,11 @@ class RunEventsHandler(ServiceHandler, websocket.WebSocketHandler):
                     message = message.decode("utf-8")
                 except UnicodeDecodeError:
                     raise BadRequest("a message to a run is JSON text (UTF-8)", code="invalid_json") from None
-            try:
-                obj = json.loads(message)
-            except ValueError as e:
-                raise BadRequest(f"a message to a run is one JSON value: {e}", code="invalid_json") from None
-            self.run.send(obj)
+            value = parse_message(message)
+            if self.run is None:        # only in the history: it ended before this engine started
+                raise BadRequest(f"run {self.past['id']} has ended ({self.past['state']}); it takes no more "
+                                 "messages", code="run_ended")
+            self.run.send(value)
         except PotluckError as e:
             self._reply_error(e)
 

@@ -139,14 +139,13 @@ def test_messages_go_to_a_run_over_the_websocket_and_replies_come_back(engine_pr
     finally:
         ws.close()
     assert rest[-1]["type"] == "status" and rest[-1]["state"] == "finished", rest
-    # The run has ended: a message to it is answered with an error frame, not delivered.
+    # The run has ended: a follower (even one asking for events past the end) gets its final status
+    # and the socket closes; a message sent meanwhile is answered with an error frame, not delivered.
     ws = connect(engine_proc, gina.token, run["id"], "?since=1000")
-    try:
-        ws.send(json.dumps("too late"))
-        err = json.loads(ws.recv())
-        assert err["type"] == "error" and err["error"]["code"] == "run_ended", err
-    finally:
-        ws.close()
+    ws.send(json.dumps("too late"))
+    frames = events_until_closed(ws)
+    assert frames[0]["type"] == "status" and frames[0]["state"] == "finished", frames
+    assert all(f["type"] == "error" and f["error"]["code"] == "run_ended" for f in frames[1:]), frames
 
 
 def test_delete_cancels_a_run_and_its_follower_sees_the_end(engine_proc):
@@ -304,3 +303,53 @@ def test_the_events_websocket_refuses_with_the_apis_json_errors(engine_proc):
         connect(engine_proc, ruth.token, "r000000000000")
     assert e.value.status_code == 404
     assert json.loads(e.value.resp_body) == ruth.get("/api/runs/r000000000000").json()     # the same answer as GET
+
+
+@pytest.mark.parametrize("since", ["²", "١", "-1", "1.5", "9" * 30, ""])
+def test_since_that_is_not_an_ascii_event_number_is_a_one_line_400(engine_proc, since):
+    una = engine_proc.client("runs-una")
+    run = start(una, "print(1)\n")
+    with pytest.raises(websocket.WebSocketBadStatusException) as e:
+        connect(engine_proc, una.token, run["id"], "?since=" + requests_quote(since))
+    assert e.value.status_code == 400, e.value.resp_body
+    err = json.loads(e.value.resp_body)["error"]
+    assert err["param"] == "since" and "\n" not in err["message"] and "event number" in err["message"]
+
+
+def test_since_past_the_end_of_an_ended_run_gets_the_final_status_then_close(engine_proc):
+    una = engine_proc.client("runs-una")
+    run = start(una, "print('hi')\n")
+    assert wait_state(una, run["id"])["state"] == "finished"
+    events = events_until_closed(connect(engine_proc, una.token, run["id"], "?since=5000"))
+    assert [e["type"] for e in events] == ["status"] and events[0]["state"] == "finished", events
+
+
+def test_since_past_the_end_of_a_live_run_still_gets_its_final_status(engine_proc):
+    una = engine_proc.client("runs-una")
+    run = start(una, ECHO)
+    ws = connect(engine_proc, una.token, run["id"], "?since=100000")
+    ws.send(json.dumps("stop"))
+    events = events_until_closed(ws)
+    assert events[-1]["type"] == "status" and events[-1]["state"] == "finished", events
+    assert all(e["seq"] >= 100000 or e["type"] == "status" for e in events)
+
+
+@pytest.mark.parametrize("frame", ["NaN", "[1, Infinity]", '{"x": -Infinity}', "1e999", "{not json", "[1,"])
+def test_a_message_that_is_not_strict_json_is_a_one_line_error_frame_and_nothing_is_dropped(engine_proc, frame):
+    una = engine_proc.client("runs-una")
+    run = start(una, ECHO)
+    ws = connect(engine_proc, una.token, run["id"])
+    assert next_of_type(ws, "message")["body"] == "ready"
+    ws.send(frame)
+    err = next_of_type(ws, "error")["error"]
+    assert err["code"] == "invalid_json" and "\n" not in err["message"] and "internal" not in err["message"], err
+    ws.send(json.dumps({"n": 1}))
+    assert next_of_type(ws, "message")["body"] == {"echo": {"n": 1}}       # the socket and the run go on
+    ws.send(json.dumps("stop"))
+    events = events_until_closed(ws)
+    assert events[-1]["state"] == "finished"
+
+
+def requests_quote(text: str) -> str:
+    from urllib.parse import quote
+    return quote(text, safe="")
