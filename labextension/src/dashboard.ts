@@ -431,6 +431,7 @@ export class Dashboard {
       tr.dataset.level = g.error ? 'critical' : 'ok';
     });
     this._groupsEmpty.hidden = names.length > 0 || !h;
+    this._groups.hidden = names.length === 0;
   }
 
   // ------------------------------------------------------------ runs
