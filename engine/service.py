@@ -16,8 +16,8 @@ Hub), its routes joined from each ``http`` module's ``default_handlers``.
 Failures stay local. An engine that cannot start (a missing model, a setting
 that cannot be read) exits 1 standalone; as a Hub service
 (``PotluckEngine.serve_errors``) it keeps answering instead, ``/api/status``
-with a 503 whose ``model_error`` is the one-line reason and every other path
-with a 503 saying the same, because a managed service that exits while the Hub
+with a 503 whose ``model_error`` is the one-line reason, every other API path
+with a 503 saying the same (its home page too, as text with a 200), because a managed service that exits while the Hub
 starts takes the whole Hub down. A batch loop that dies while serving is never
 served around: the process exits 1 (the Hub restarts a managed service).
 This module wires and orders; it decides nothing about requests, and the
@@ -204,18 +204,25 @@ async def serve_failure(settings: PotluckEngine, reason: str) -> int:
     """Answer every request with why the engine could not start, until SIGTERM; exit status 1."""
     from . import __version__ as version
 
+    base = normalize_base_url(settings.base_url)
+
     class Failed(web.RequestHandler):
         def prepare(self) -> None:
-            status = self.request.path.rstrip("/").endswith("/api/status")
+            path = self.request.path
+            if path in (base, base.rstrip("/")):
+                # The home page, for people; and a Hub waits for a managed service's URL to answer
+                # below 500 before it goes on starting: the Hub must come up to show this at all.
+                self.set_header("Content-Type", "text/plain; charset=utf-8")
+                self.finish(f"The Potluck engine could not start: {reason}\n")
+                return
             body = {"error": {"code": "engine_failed", "message": f"the engine could not start: {reason}"}}
-            if status:   # the readiness probe and the lab's status item: what failed, in one line
+            if path.rstrip("/").endswith("/api/status"):   # the readiness probe and the lab's status item
                 body.update(version=version, model=settings.model, ready=False, model_error=reason)
             self.set_status(503)
             self.set_header("Content-Type", "application/json")
             self.finish(json.dumps(body))
 
-    base = normalize_base_url(settings.base_url)
-    server = HTTPServer(web.Application([(re.escape(base) + ".*", Failed), (".*", Failed)]))
+    server = HTTPServer(web.Application([(".*", Failed)]))
     try:
         server.listen(settings.port, settings.ip)
     except OSError as e:

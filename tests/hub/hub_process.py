@@ -65,15 +65,18 @@ c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120
 # A small KV pool for a shared 2-core machine; usage reaches the ledger quickly.
 svc = next(s for s in c.JupyterHub.services if s["name"] == "potluck")
-svc["command"] += ["--kv-pages=256", "--PotluckEngine.usage_flush_interval=1", "--HubAuthenticator.cache_seconds=2"]
+svc["command"] += ["--kv-pages=256", "--PotluckEngine.usage_flush_interval=1", "--HubAuthenticator.cache_seconds=2",
+                   *{engine_args!r}]
 c.JupyterHub.services.append({{"name": "e2e", "api_token": {token!r}}})
 c.JupyterHub.load_roles.append({{"name": "e2e", "scopes": {scopes!r}, "services": ["e2e"]}})
 '''
 
 
 class HubProcess:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, engine_args: tuple[str, ...] = (), ready_status: int = 200):
         self.tmp = tmp
+        self.engine_args = list(engine_args)       # more `potluck engine` options for this Hub's engine
+        self.ready_status = ready_status           # what the engine's /api/status answers once it is up
         self.port = free_port()
         self.engine_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -90,7 +93,7 @@ class HubProcess:
         path.write_text(OVERLAY.format(example=str(EXAMPLE_CONFIG), hub_port=free_port(),
                                        proxy_api_port=free_port(), chp=chp, tmp=self.tmp,
                                        singleuser=str(BIN / "jupyterhub-singleuser"), token=self.token,
-                                       scopes=E2E_SCOPES))
+                                       scopes=E2E_SCOPES, engine_args=self.engine_args))
         return path
 
     def start(self, timeout: float = 240) -> None:
@@ -110,7 +113,7 @@ class HubProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"jupyterhub exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if requests.get(self.engine_url + "/api/status", timeout=5).status_code == 200:
+                if requests.get(self.engine_url + "/api/status", timeout=5).status_code == self.ready_status:
                     return
             except requests.RequestException:
                 pass
