@@ -1,0 +1,111 @@
+"""The admin dashboard page at ``/services/potluck/`` under a real JupyterHub, as a browser reaches it.
+
+A real Hub with the example config starts the engine as its managed service. A browser session
+(requests, with cookies, as a browser keeps them) logs in on the Hub's login page, asks for
+``/services/potluck/``, goes through the Hub's OAuth (authorizing the service on first use) and
+lands on the page: a hub admin gets the dashboard, whose embedded token reads the usage history
+with the admin's rights (a user's tokens and group per minute, the group's quota from the Hub);
+a user who is not an engine admin gets a one-line 403 and no token.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import time
+from urllib.parse import urljoin
+
+import pytest
+import requests
+
+from hub_process import HubProcess
+
+pytestmark = pytest.mark.timeout(600)
+
+USER_PASSWORD = os.environ.get("POTLUCK_DEMO_PASSWORD", "potluck-demo")
+ADMIN_PASSWORD = os.environ.get("POTLUCK_DEMO_ADMIN_PASSWORD", "potluck-demo-admin-password-change-me")
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    h = HubProcess(tmp_path_factory.mktemp("hub-dashboard"))
+    try:
+        h.start()
+    except Exception:
+        h.stop()
+        raise
+    yield h
+    h.stop()
+
+
+def browser_login(hub: HubProcess, name: str, password: str) -> requests.Session:
+    """A session logged in on the Hub's login page (its form and _xsrf cookie, as a browser sends them)."""
+    s = requests.Session()
+    s.get(f"{hub.url}/hub/login", timeout=30).raise_for_status()
+    r = s.post(f"{hub.url}/hub/login?next=/hub/home",
+               data={"username": name, "password": password, "_xsrf": s.cookies.get("_xsrf", "")},
+               timeout=60, allow_redirects=False)
+    assert r.status_code == 302, f"login as {name} failed: {r.status_code} {r.text[:300]}"
+    return s
+
+
+def open_dashboard(s: requests.Session, hub: HubProcess) -> requests.Response:
+    """GET /services/potluck/ through the Hub's OAuth, submitting the authorize form if the Hub shows it."""
+    r = s.get(f"{hub.url}/services/potluck/", timeout=60)
+    if r.status_code == 200 and 'name="scopes"' in r.text and "/oauth2/authorize" in r.url:
+        fields = dict(re.findall(r'<input type="hidden" name="(_xsrf)" value="([^"]*)"', r.text))
+        scopes = [html.unescape(v) for v in re.findall(r'<input type="hidden" name="scopes" value="([^"]*)"', r.text)]
+        r = s.post(r.url, data={"_xsrf": html.unescape(fields.get("_xsrf", "")), "scopes": scopes}, timeout=60)
+    return r
+
+
+def page_config(page: str) -> dict:
+    m = re.search(r'<script id="potluck-dashboard-config" type="application/json">(.*?)</script>', page, re.S)
+    assert m, page[:500]
+    return json.loads(m.group(1))
+
+
+def test_a_hub_admin_gets_the_dashboard_with_their_own_rights(hub):
+    hub.create_user("alice")
+    # alice (group researchers in the example config) uses the engine, so there is usage to see.
+    alice = requests.Session()
+    alice.headers["Authorization"] = f"token {hub.user_token('alice')}"
+    r = alice.post(f"{hub.engine_url}/api/generate", json={"prompt": "Hello, I am", "max_tokens": 5}, timeout=120)
+    assert r.status_code == 200, r.text
+
+    s = browser_login(hub, "ada", ADMIN_PASSWORD)
+    r = open_dashboard(s, hub)
+    assert r.status_code == 200, (r.url, r.text[:500])
+    assert r.url == f"{hub.url}/services/potluck/" and r.headers["Content-Type"].startswith("text/html")
+    cfg = page_config(r.text)
+    assert cfg["base_url"] == "/services/potluck/" and cfg["token"], cfg
+    assert cfg["hub_admin_url"].endswith("/hub/admin"), cfg
+    assert s.get(f"{hub.url}/services/potluck/dashboard/potluck-dashboard.js", timeout=30).status_code == 200
+
+    # What the page's script does: the engine's admin API with the token the page holds.
+    api = requests.Session()
+    api.headers["Authorization"] = f"token {cfg['token']}"
+    deadline = time.monotonic() + 60
+    while True:
+        usage = api.get(f"{hub.engine_url}/api/admin/usage", params={"resolution": "minute"}, timeout=60)
+        assert usage.status_code == 200, usage.text
+        body = usage.json()
+        if "alice" in body["users"] or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert sum(row[1] + row[2] for row in body["users"]["alice"]) > 0, body
+    researchers = body["groups"]["researchers"]
+    assert "alice" in researchers["members"], researchers
+    assert researchers["quota"]["tokens_per_minute"] == 100000, researchers      # read from the Hub's group
+    assert sum(row[1] + row[2] for row in researchers["series"]) == sum(row[1] + row[2] for row in body["users"]["alice"])
+
+
+def test_a_user_who_is_not_an_engine_admin_gets_one_line_403(hub):
+    hub.create_user("bob")
+    s = browser_login(hub, "bob", USER_PASSWORD)
+    r = open_dashboard(s, hub)
+    assert r.status_code == 403, (r.status_code, r.url, r.text[:300])
+    assert r.text.count("\n") == 1 and "engine admins" in r.text and "bob" in r.text, r.text
+    assert "potluck-dashboard-config" not in r.text and "token" not in r.text.lower().replace("custom:potluck:admin", "")
