@@ -32,7 +32,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from .accelerator import Device, Profile, choose_profile, detect_device
+from .accelerator import Device, Profile, choose_profile, detect_device, kv_pool_pages
 from .constraints import Constraint, ConstraintCompiler
 from .pages import Context, KvPool
 from .sampling import Sample, Sampler, sample
@@ -283,16 +283,12 @@ def load_runtime(cfg, loaded: LoadedModel | None = None) -> Runtime:
     kv_heads = getattr(mc, "num_key_value_heads", None) or mc.num_attention_heads
     dtype = next(loaded.model.parameters()).dtype
     page_bytes = 2 * mc.num_hidden_layers * profile.page_size * kv_heads * head_dim * dtype.itemsize
-    slots = cfg.kv_pages
-    if not slots:
-        slots = int(device.free_bytes * profile.kv_memory_fraction // page_bytes) if device.free_bytes else 256
-        if profile.max_kv_pages:
-            slots = min(slots, profile.max_kv_pages)
-        slots = max(slots, 16)
+    slots, why = kv_pool_pages(device, profile, page_bytes, cfg.kv_pages)
     pool = KvPool(num_layers=mc.num_hidden_layers, num_slots=slots, page_size=profile.page_size,
                   kv_heads=kv_heads, head_dim=head_dim, dtype=dtype, device=profile.device,
                   host_pages=profile.host_swap_pages)
-    log.info("engine ready: model %s on %s (%s), profile %s, %d KV pages of %d tokens",
-             loaded.name, device.name, profile.dtype, profile.name, slots, profile.page_size)
+    log.info("engine ready: model %s on %s (%s), profile %s, KV pool %d pages of %d tokens = %d MB (%s)",
+             loaded.name, device.name, profile.dtype, profile.name, slots, profile.page_size,
+             slots * page_bytes >> 20, why)
     return Runtime(device, profile, loaded.name, loaded.tokenizer, max_context, eos_ids, pool,
                    ModelRunner(loaded.model, pool, ConstraintCompiler(loaded.tokenizer, mc.vocab_size, eos_ids)))

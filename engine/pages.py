@@ -107,6 +107,11 @@ class KvPool:
     def pages_on_host(self) -> int:
         return self._on_host
 
+    @property
+    def memory_bytes(self) -> int:
+        """What the pool holds on its device (K and V of every page), as reported at start and in status."""
+        return 2 * self.k.numel() * self.k.element_size()
+
     def held_by(self, tenant: str) -> int:
         t = self.tenants.get(tenant)
         return t.held if t else 0

@@ -29,3 +29,25 @@ def test_unknown_profile_or_field_is_refused_by_name():
         choose_profile(CPU, "nope")
     with pytest.raises(ValueError, match="bogus"):
         choose_profile(CPU, overrides={"bogus": 1})
+
+
+# SmolLM2-135M in float32: 30 layers x 3 KV heads x 64 x 16 tokens x (K and V) x 4 bytes per page.
+SMOL_PAGE_BYTES = 2 * 30 * 16 * 3 * 64 * 4
+
+
+def test_the_default_cpu_pool_takes_at_most_1_gb_and_10_percent_of_ram():
+    from potluck.engine.accelerator import kv_pool_pages
+    pages, why = kv_pool_pages(CPU, choose_profile(CPU), SMOL_PAGE_BYTES)        # 24 GB RAM, 20 GB free
+    assert pages * SMOL_PAGE_BYTES <= 1 << 30 and pages > 1000 and "1024 MB" in why
+    small = Device("cpu", "cpu", None, 4 << 30, 3 << 30, 2)                        # a 4 GB machine
+    pages, why = kv_pool_pages(small, choose_profile(small), SMOL_PAGE_BYTES)
+    assert pages * SMOL_PAGE_BYTES <= 0.1 * (4 << 30) and "10% of RAM" in why
+
+
+def test_kv_pages_set_by_the_admin_wins_and_a_gpu_takes_its_share_up_to_the_cap():
+    from potluck.engine.accelerator import kv_pool_pages
+    assert kv_pool_pages(CPU, choose_profile(CPU), SMOL_PAGE_BYTES, configured=8192) == (8192, "set by kv_pages")
+    pages, _ = kv_pool_pages(H100, choose_profile(H100), SMOL_PAGE_BYTES)
+    assert pages * SMOL_PAGE_BYTES > 10 << 30                                      # a GPU is not held to the CPU cap
+    pages, why = kv_pool_pages(CPU, choose_profile(CPU, overrides={"max_kv_pages": 100}), SMOL_PAGE_BYTES)
+    assert pages == 100 and "max_kv_pages" in why
