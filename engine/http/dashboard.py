@@ -8,7 +8,9 @@ client. Who may open it:
 - under a Hub, hub admins and holders of ``custom:potluck:admin``: the browser logs in with the
   Hub's OAuth (this service's client; the callback is ``oauth_callback``), the engine checks the
   resulting token exactly as it checks API tokens (``Authenticator.identify``) and hands it to
-  the page, so the page acts with the admin's own rights. Anyone else gets a one-line 403;
+  the page, so the page acts with the admin's own rights: on this engine's API, and on the Hub's
+  (group quotas), as far as the service's ``oauth_client_allowed_scopes`` let the token carry
+  them. Anyone else gets a one-line 403;
 - standalone (no Hub, no login to redirect to), the page asks for an engine admin token and
   keeps it in the browser tab; the API refuses non-admins as it always does.
 
@@ -33,6 +35,7 @@ from .base import ServiceHandler
 log = logging.getLogger("potluck.engine")
 
 ASSETS = ("potluck-dashboard.js", "potluck-dashboard.css")
+CSP = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'"
 NOT_BUILT = ("the dashboard's script is not built: run `jlpm build:prod` in labextension/ "
              "(or install a jupyter-potluck wheel, which carries it)")
 
@@ -102,9 +105,7 @@ class _PageHandler(ServiceHandler):
     def set_default_headers(self) -> None:
         self.set_header("Cache-Control", "no-store")
         self.set_header("X-Frame-Options", "DENY")
-        self.set_header("Content-Security-Policy",
-                        "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
-                        "frame-ancestors 'none'")
+        self.set_header("Content-Security-Policy", CSP)
 
     def write_error(self, status_code: int, **kwargs) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -131,7 +132,7 @@ class DashboardPage(_HubOAuth, HubOAuthenticated, _PageHandler):
     """``GET /``: the page; under a Hub only for engine admins, after the Hub's OAuth login."""
 
     async def get(self) -> None:
-        token = hub_admin = None
+        token = hub_admin = hub_api = None
         if _under_hub(self):
             user = await self.hub_auth.get_user(self, sync=False)
             if not user:
@@ -144,11 +145,16 @@ class DashboardPage(_HubOAuth, HubOAuthenticated, _PageHandler):
                 name = identity.tenant if identity is not None else user.get("name", "?")
                 raise web.HTTPError(403, f"the Potluck dashboard is for engine admins (hub admins or holders "
                                          f"of custom:potluck:admin); {name} is not one")
-            hub_admin = self.hub_auth.hub_host + self.hub_auth.hub_prefix + "admin"
+            # The Hub as the browser reaches it: where group quotas are edited, by the admin's own token.
+            hub = self.hub_auth.hub_host + self.hub_auth.hub_prefix
+            hub_admin, hub_api = hub + "admin", hub + "api"
+            if self.hub_auth.hub_host:
+                self.set_header("Content-Security-Policy", CSP.replace("default-src 'self'",
+                                                                       f"default-src 'self' {self.hub_auth.hub_host}"))
         if find_asset(ASSETS[0]) is None:
             raise web.HTTPError(503, NOT_BUILT)
         base = self.settings["potluck_base_url"]
-        config = {"base_url": base, "token": token, "hub_admin_url": hub_admin}
+        config = {"base_url": base, "token": token, "hub_admin_url": hub_admin, "hub_api_url": hub_api}
         # Inside a <script> element "</" must not appear: escape it in the JSON's strings.
         blob = json.dumps(config).replace("</", "<\\/")
         self.set_header("Content-Type", "text/html; charset=utf-8")

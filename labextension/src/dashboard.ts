@@ -6,10 +6,13 @@
  * Plain DOM in `node`, no JupyterLab imports: the lab shows it in a main-area widget (through
  * the server extension's proxy), and the engine serves it at its own base URL for hub admins in
  * a plain browser (`standalone.ts`). Whoever shows it calls `refresh()` (on a poll).
- * Group quotas are the Hub's (each group's `potluck` property): shown here, edited in the Hub.
+ * Group quotas are the Hub's (each group's `potluck` property): on the engine's page, an admin
+ * whose token may write groups edits them through the Hub's API with that token (`hubGroups`);
+ * elsewhere they are shown read-only, with where to edit them.
  */
 
 import { el, section, setText, syncRows, table, td } from './dom';
+import { canEditGroup } from './groupquota';
 import {
   bucketCount,
   formatTick,
@@ -50,6 +53,7 @@ import {
   parseTenants,
   PotluckError,
   QUOTA_FIELDS,
+  QuotaValue,
   quotaInputText,
   quotaOverrideFromForm,
   quotaSourceLabel,
@@ -66,10 +70,22 @@ const AXIS_LEFT = 48;
 const AXIS_BOTTOM = 20;
 const PAD_RIGHT = 24;      // room for the last time label
 
+/** Group quota edits through the Hub's API, with the admin's own token (the engine's page). */
+export interface IHubGroups {
+  /** The token's scopes: which groups it may write (`groups`, `groups!group=NAME`). */
+  scopes(): Promise<string[]>;
+  /** Replace the group's quota in its Hub properties, every other property kept. */
+  setQuota(group: string, fields: { [field: string]: QuotaValue }): Promise<void>;
+}
+
 export interface IDashboardOptions {
   requester: IRequester;
   /** Where group quotas are edited (the Hub's admin page), when known. */
   hubAdminUrl?: string | null;
+  /** The engine's own dashboard page, where group quotas can be edited (from the lab), when known. */
+  enginePageUrl?: string | null;
+  /** Group edits through the Hub (the engine's page under a Hub); none: groups are read-only here. */
+  hubGroups?: IHubGroups | null;
 }
 
 function svg<K extends keyof SVGElementTagNameMap>(tag: K, attrs: { [k: string]: string | number } = {}): SVGElementTagNameMap[K] {
@@ -113,6 +129,10 @@ export class Dashboard {
     this._error.setAttribute('role', 'alert');
     this._error.hidden = true;
     node.appendChild(this._error);
+    this._notice = el('div', 'jp-PotluckDash-notice');
+    this._notice.setAttribute('role', 'status');
+    this._notice.hidden = true;
+    node.appendChild(this._notice);
 
     const charts = section('jp-PotluckDash-charts', 'Usage over time');
     const row = el('div', 'jp-PotluckDash-chartRow');
@@ -131,21 +151,14 @@ export class Dashboard {
     node.appendChild(users);
 
     const groups = section('jp-PotluckDash-groupsSection', 'Groups');
-    this._groups = table('jp-PotluckDash-groups', ['group', 'members', 'quota (potluck property)', 'tokens in range', 'status']);
+    this._groups = table('jp-PotluckDash-groups', ['group', 'members', 'quota (potluck property)', 'tokens in range',
+      'status', '']);
     this._groupsEmpty = el('p', 'jp-Potluck-empty', 'No Hub groups seen.');
-    groups.append(this._groups, this._groupsEmpty);
-    const note = el('p', 'jp-Potluck-hint jp-PotluckDash-groupNote',
-      "Group quotas are each Hub group's potluck property: read-only here, edit them in the Hub's admin page " +
-      '(Admin → Groups → the group → properties, one flat key per field: potluck.tokens_per_minute = 5000). ' +
-      'Members are the users the engine has seen since it started.');
-    if (options.hubAdminUrl) {
-      const a = el('a', 'jp-PotluckDash-hubLink', 'Open the Hub admin page');
-      a.href = options.hubAdminUrl;
-      a.target = '_blank';
-      a.rel = 'noopener';
-      note.append(' ', a);
-    }
-    groups.appendChild(note);
+    this._groupFormHost = el('div', 'jp-Potluck-formHost');
+    groups.append(this._groups, this._groupsEmpty, this._groupFormHost);
+    this._groupNote = el('p', 'jp-Potluck-hint jp-PotluckDash-groupNote');
+    groups.appendChild(this._groupNote);
+    this._renderGroupNote();
     node.appendChild(groups);
 
     const runs = section('jp-PotluckDash-runsSection', 'Runs of everyone');
@@ -170,6 +183,16 @@ export class Dashboard {
         return null;
       }
     };
+    if (this.options.hubGroups && !this._scopesRead) {
+      this._scopesRead = true;
+      try {
+        this._hubScopes = await this.options.hubGroups.scopes();
+      } catch (e) {
+        this._hubScopes = [];
+        errors.push(`cannot read your Hub scopes, group quotas are read-only: ${failureText(e)}`);
+      }
+      this._renderGroupNote();
+    }
     const [status, tenants, runs, history] = await Promise.all([
       get('status', parseStatus),
       get('admin/tenants', parseTenants),
@@ -416,11 +439,21 @@ export class Dashboard {
     const names = h ? Object.keys(h.groups).sort() : [];
     syncRows(this._groups.tBodies[0], names, 'data-group', g => g, () => {
       const tr = el('tr');
-      for (const cls of ['Name', 'Members', 'Quota', 'Range', 'Status']) {
+      for (const cls of ['Name', 'Members', 'Quota', 'Range', 'Status', 'Actions']) {
         tr.appendChild(td(`jp-PotluckDash-group${cls}`));
       }
       return tr;
     }, (tr, name) => {
+      const editable = canEditGroup(this._hubScopes, name);
+      let edit = tr.cells[5].querySelector('button');
+      if (!editable) {
+        edit?.remove();
+      } else if (!edit) {
+        const b = el('button', 'jp-Button jp-mod-styled jp-mod-accept jp-Potluck-button jp-PotluckDash-editGroup', 'Edit');
+        b.title = `Set group ${name}'s quota in the Hub (with your own rights)`;
+        b.addEventListener('click', () => this._openGroupForm(name));
+        tr.cells[5].appendChild(b);
+      }
       const g = h!.groups[name];
       const c = tr.cells;
       setText(c[0], name);
@@ -432,6 +465,92 @@ export class Dashboard {
     });
     this._groupsEmpty.hidden = names.length > 0 || !h;
     this._groups.hidden = names.length === 0;
+  }
+
+  private _renderGroupNote(): void {
+    const note = this._groupNote;
+    note.textContent = '';
+    const editable = this._hubScopes.some(s => s === 'groups' || s.startsWith('groups!group='));
+    note.append(editable
+      ? "A group's quota is its potluck property in the Hub: Edit writes it there with your own Hub rights " +
+        '(one flat key per field, potluck.tokens_per_minute = 5000; other properties are kept). Members get it at ' +
+        'their next request (the engine rereads a group within about 20 s). '
+      : "Group quotas are each Hub group's potluck property: read-only here. Edit them in the Hub's admin page " +
+        '(Admin → Groups → the group → properties, one flat key per field: potluck.tokens_per_minute = 5000)' +
+        (this.options.enginePageUrl ? ' or on the engine\'s dashboard page' : '') + '. ');
+    note.append('Members are the users the engine has seen since it started.');
+    const links: [string, string][] = [];
+    if (this.options.hubAdminUrl) {
+      links.push(['Open the Hub admin page', this.options.hubAdminUrl]);
+    }
+    if (this.options.enginePageUrl && !editable) {
+      links.push(["Open the engine's dashboard page", this.options.enginePageUrl]);
+    }
+    for (const [text, href] of links) {
+      const a = el('a', 'jp-PotluckDash-hubLink', text);
+      a.href = href;
+      a.target = '_blank';
+      a.rel = 'noopener';
+      note.append(' ', a);
+    }
+  }
+
+  /** A group's quota form: blank = the group does not set the field (defaults or other groups decide). */
+  private _openGroupForm(name: string): void {
+    const host = this._groupFormHost;
+    host.textContent = '';
+    const g = this._history?.groups[name];
+    const form = el('form', 'jp-Potluck-quotaForm jp-PotluckDash-groupForm');
+    form.dataset.group = name;
+    form.appendChild(el('h4', 'jp-Potluck-subheading', `Quota of group ${name} (in the Hub)`));
+    form.appendChild(el('p', 'jp-Potluck-hint',
+      'Blank: this group does not set the field. "none": no limit. Saving replaces the group\'s whole quota; ' +
+      'its other properties are kept.'));
+    const inputs: { [field: string]: HTMLInputElement } = {};
+    const grid = el('div', 'jp-Potluck-formGrid');
+    for (const f of EDITABLE_QUOTA_FIELDS.concat(['models'])) {
+      const label = el('label', 'jp-Potluck-formLabel', f);
+      const input = el('input', 'jp-mod-styled jp-Potluck-formInput');
+      input.name = f;
+      input.type = 'text';
+      input.value = quotaInputText(g?.quota?.[f] as QuotaValue | undefined);
+      label.htmlFor = input.id = `potluck-dash-group-${f}`;
+      inputs[f] = input;
+      grid.append(label, input);
+    }
+    form.appendChild(grid);
+    const msg = el('div', 'jp-Potluck-formError');
+    const save = el('button', 'jp-Button jp-mod-styled jp-mod-accept jp-PotluckDash-saveGroup', 'Save in the Hub');
+    save.type = 'submit';
+    const close = el('button', 'jp-Button jp-mod-styled jp-mod-reject jp-Potluck-closeQuota', 'Close');
+    close.type = 'button';
+    const buttons = el('div', 'jp-Potluck-formButtons');
+    buttons.append(save, close);
+    form.append(msg, buttons);
+    form.addEventListener('submit', (e: Event) => {
+      e.preventDefault();
+      const texts: { [field: string]: string } = {};
+      for (const f of Object.keys(inputs)) {
+        texts[f] = inputs[f].value;
+      }
+      let body: { [field: string]: QuotaValue };
+      try {
+        body = quotaOverrideFromForm(texts);
+      } catch (err) {
+        setText(msg, (err as Error).message);
+        return;
+      }
+      void this._act(save, async () => {
+        await this.options.hubGroups!.setQuota(name, body);
+        host.textContent = '';
+        this._groupSaved = `Saved the quota of group ${name} in the Hub; members get it at their next request.`;
+      });
+    });
+    close.addEventListener('click', () => {
+      host.textContent = '';
+    });
+    host.appendChild(form);
+    form.scrollIntoView({ block: 'nearest' });
   }
 
   // ------------------------------------------------------------ runs
@@ -492,6 +611,8 @@ export class Dashboard {
     const msg = this._actionError || this._fetchError;
     this._error.hidden = !msg;
     setText(this._error, msg ? oneLine(msg) : '');
+    this._notice.hidden = !this._groupSaved;
+    setText(this._notice, this._groupSaved || '');
   }
 
   private _engine: HTMLElement;
@@ -505,6 +626,12 @@ export class Dashboard {
   private _formHost: HTMLElement;
   private _groups: HTMLTableElement;
   private _groupsEmpty: HTMLElement;
+  private _groupFormHost: HTMLElement;
+  private _groupNote: HTMLElement;
+  private _notice: HTMLElement;
+  private _hubScopes: string[] = [];
+  private _scopesRead = false;
+  private _groupSaved: string | null = null;
   private _runs: HTMLTableElement;
   private _runsEmpty: HTMLElement;
   private _tenants: ITenant[] = [];

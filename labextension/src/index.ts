@@ -41,6 +41,16 @@ function hubAdminUrl(): string | null {
   return prefix ? URLExt.join(PageConfig.getOption('hubHost') || '', prefix, 'admin') : null;
 }
 
+/** The engine's own dashboard page (`/services/potluck/` beside `/hub/`), when under a Hub. */
+function enginePageUrl(): string | null {
+  const prefix = PageConfig.getOption('hubPrefix');
+  if (!prefix) {
+    return null;
+  }
+  const base = prefix.replace(/hub\/?$/, '');
+  return URLExt.join(PageConfig.getOption('hubHost') || '', base, 'services', 'potluck') + '/';
+}
+
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'jupyter-potluck:plugin',
   description: 'Potluck: shared LLM engine usage, quota, runs and the admin view.',
@@ -83,7 +93,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       isEnabled: isAdmin,
       execute: () => {
         if (!dashboard || dashboard.isDisposed) {
-          dashboard = new DashboardWidget(state.api, hubAdminUrl());
+          dashboard = new DashboardWidget(state.api, hubAdminUrl(), enginePageUrl());
           dashboard.title.icon = potluckIcon;
           app.shell.add(dashboard, 'main');
         }

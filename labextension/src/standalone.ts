@@ -4,13 +4,16 @@
  *
  * The page's config (`<script id="potluck-dashboard-config">`, written by the engine's
  * `http/dashboard.py`) carries the API's base URL and, under a Hub, the admin's own OAuth token
- * for this service. A standalone engine has no login: the page asks for an engine token (or
- * takes `#token=...`) and keeps it in this tab's session storage only.
+ * for this service and the Hub's API URL: group quotas are edited there with that token, so
+ * with the admin's own rights (only if the token carries the `groups` scope). A standalone
+ * engine has no login: the page asks for an engine token (or takes `#token=...`) and keeps it in
+ * this tab's session storage only.
  */
 
-import { Dashboard } from './dashboard';
+import { Dashboard, IHubGroups } from './dashboard';
 import { el } from './dom';
-import { errorMessage, IRequester, oneLine, PotluckError } from './model';
+import { propertiesWithQuota } from './groupquota';
+import { errorMessage, IRequester, oneLine, PotluckError, QuotaValue } from './model';
 
 const REFRESH_MS = 5000;
 const TOKEN_KEY = 'potluck-dashboard-token';
@@ -19,27 +22,30 @@ interface IPageConfig {
   base_url: string;
   token: string | null;
   hub_admin_url: string | null;
+  hub_api_url: string | null;
 }
 
-/** Requests to the engine's API with `Authorization: token ...`, errors as `PotluckError`. */
+/** Requests to an API under `baseUrl` with `Authorization: token ...`, errors as `PotluckError`. */
 export class EngineRequester implements IRequester {
   constructor(
     readonly baseUrl: string,
-    readonly token: string
+    readonly token: string,
+    readonly what = 'the Potluck engine'
   ) {}
 
   async request<T = any>(path: string, method = 'GET', body?: unknown): Promise<T> {
     const headers: { [k: string]: string } = { Authorization: `token ${this.token}` };
-    const init: RequestInit = { method, headers, cache: 'no-store' };
+    // No cookies: the token alone says who is asking (the Hub's API then needs no XSRF token).
+    const init: RequestInit = { method, headers, cache: 'no-store', credentials: 'omit' };
     if (body !== undefined) {
       init.body = JSON.stringify(body);
       headers['Content-Type'] = 'application/json';
     }
     let response: Response;
     try {
-      response = await fetch(`${this.baseUrl}api/${path}`, init);
+      response = await fetch(`${this.baseUrl}${path}`, init);
     } catch (e) {
-      throw new PotluckError(oneLine(`cannot reach the Potluck engine: ${(e as Error).message}`), 0);
+      throw new PotluckError(oneLine(`cannot reach ${this.what}: ${(e as Error).message}`), 0);
     }
     const text = await response.text();
     let data: any = null;
@@ -55,6 +61,23 @@ export class EngineRequester implements IRequester {
   }
 }
 
+/** Group quotas in the Hub, through its REST API with the admin's own (OAuth) token. */
+class HubGroups implements IHubGroups {
+  constructor(readonly hub: EngineRequester) {}
+
+  async scopes(): Promise<string[]> {
+    const me = await this.hub.request('user');
+    return Array.isArray(me?.scopes) ? me.scopes.map(String) : [];
+  }
+
+  async setQuota(group: string, fields: { [field: string]: QuotaValue }): Promise<void> {
+    const path = `groups/${encodeURIComponent(group)}`;
+    const model = await this.hub.request(path);
+    const properties = model && typeof model.properties === 'object' && model.properties ? model.properties : {};
+    await this.hub.request(`${path}/properties`, 'PUT', propertiesWithQuota(properties, fields));
+  }
+}
+
 function pageConfig(): IPageConfig {
   const node = document.getElementById('potluck-dashboard-config');
   let cfg: any = {};
@@ -66,7 +89,8 @@ function pageConfig(): IPageConfig {
   return {
     base_url: typeof cfg.base_url === 'string' ? cfg.base_url : './',
     token: typeof cfg.token === 'string' && cfg.token ? cfg.token : null,
-    hub_admin_url: typeof cfg.hub_admin_url === 'string' ? cfg.hub_admin_url : null
+    hub_admin_url: typeof cfg.hub_admin_url === 'string' ? cfg.hub_admin_url : null,
+    hub_api_url: typeof cfg.hub_api_url === 'string' ? cfg.hub_api_url : null
   };
 }
 
@@ -81,7 +105,14 @@ function tokenFromFragment(): string | null {
 }
 
 function start(root: HTMLElement, cfg: IPageConfig, token: string): void {
-  const dashboard = new Dashboard({ requester: new EngineRequester(cfg.base_url, token), hubAdminUrl: cfg.hub_admin_url });
+  const hubGroups = cfg.hub_api_url
+    ? new HubGroups(new EngineRequester(cfg.hub_api_url.replace(/\/?$/, '/'), token, 'the JupyterHub'))
+    : null;
+  const dashboard = new Dashboard({
+    requester: new EngineRequester(`${cfg.base_url}api/`, token),
+    hubAdminUrl: cfg.hub_admin_url,
+    hubGroups
+  });
   root.textContent = '';
   root.appendChild(dashboard.node);
   let timer = 0;
