@@ -127,3 +127,24 @@ def test_public_status_hides_the_counters_that_would_time_another_tenants_prompt
         assert "stats" not in view and "queue_depth" in view and "kv" in view
     assert forged.status_code == 200
     assert as_admin["stats"]["prefill_tokens"] > 0 and "prefix_hit_tokens" in as_admin["stats"]
+
+
+def test_status_for_anyone_but_an_admin_does_not_show_one_tenants_pages_or_activity(engine_proc):
+    import requests
+    kim = engine_proc.client("status-kim")
+    r = kim.put("/api/contexts/footprint", json={"tokens": list(range(100, 148))})     # 3 pages held by kim
+    assert r.status_code == 200, r.text
+    admin = engine_proc.client("root", admin=True).get("/api/status").json()
+    assert admin["coarse"] is False and admin["kv"]["used_pages"] >= 3 and "pages_on_host" in admin["kv"]
+    for view in (requests.get(engine_proc.url + "/api/status", timeout=30).json(), kim.get("/api/status").json()):
+        step = view["granularity"]
+        assert view["coarse"] is True and step["kv_pages"] == admin["kv"]["total_pages"] // 8
+        # Floored to steps one tenant's prompt or requests cannot move.
+        assert view["kv"]["used_pages"] % step["kv_pages"] == 0 and view["kv"]["used_pages"] < step["kv_pages"] * 8
+        assert view["queue_depth"] % step["requests"] == 0 and view["running_generations"] % step["requests"] == 0
+        assert view["active_tenants"] % step["tenants"] == 0
+        assert "pages_on_host" not in view["kv"] and "swaps_out" not in view["kv"] and "stats" not in view
+        # The engine's description is whole: what the status bar and the readiness probe read.
+        assert view["model"] == admin["model"] and view["kv"]["total_pages"] == admin["kv"]["total_pages"]
+        assert view["kv"]["page_size"] == admin["kv"]["page_size"] and view["run_states"] == admin["run_states"]
+    assert kim.delete("/api/contexts/footprint").status_code == 204
