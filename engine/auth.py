@@ -89,7 +89,7 @@ class Authenticator(LoggingConfigurable):
     async def identify(self, token: str) -> Identity | None:
         raise NotImplementedError
 
-    async def start(self) -> None:
+    async def start(self, kv_pool_pages: int | None = None) -> None:
         """Once, when the service starts serving (may schedule background work)."""
 
     def group_report(self) -> dict[str, dict]:
@@ -261,7 +261,8 @@ class HubAuthenticator(Authenticator):
     def group_report(self) -> dict[str, dict]:
         return self.book.report()
 
-    async def start(self) -> None:
+    async def start(self, kv_pool_pages: int | None = None) -> None:
+        self.book.pool_pages = kv_pool_pages       # groups' kv_pages above it are flagged to admins
         if self.seed_groups:
             self._seeding = asyncio.ensure_future(self.seed_group_quotas())
 

@@ -17,6 +17,9 @@ Hub's value is unreadable; the error goes to the log (once per distinct error), 
 A group with no readable value yet contributes nothing (its members keep the defaults and
 their other groups' values).
 
+``kv_pool_warnings`` names every quota an admin set (default, group, user) whose ``kv_pages``
+is above the engine's KV pool: such a limit never binds (the pool does), which admins should know.
+
 What it must never do: talk to the Hub (``auth.HubAuthenticator`` fetches the properties and
 hands them here), or resolve a user's quota (``tenants.py``).
 """
@@ -119,6 +122,17 @@ def flat_properties(fields: dict) -> dict[str, str]:
     return out
 
 
+def kv_pool_warnings(pool_pages: int, *, default: dict | None = None, groups: dict[str, dict] | None = None,
+                     overrides: dict[str, dict] | None = None) -> list[str]:
+    """One line per quota set by an admin whose kv_pages is above the KV pool (it cannot bind)."""
+    found = [("the default quota", default or {})]
+    found += [(f"group {g!r}", q or {}) for g, q in sorted((groups or {}).items())]
+    found += [(f"the override of user {u!r}", q or {}) for u, q in sorted((overrides or {}).items())]
+    return [f"{who}: kv_pages {q['kv_pages']} is above the engine's KV pool of {pool_pages} pages; "
+            "the pool is the limit" for who, q in found
+            if isinstance(q.get("kv_pages"), int) and q["kv_pages"] > pool_pages]
+
+
 class GroupQuotaBook:
     """Each group's quota in effect: the Hub's value when readable, else its last good one.
 
@@ -128,6 +142,7 @@ class GroupQuotaBook:
 
     def __init__(self, store=None) -> None:
         self.store = store
+        self.pool_pages: int | None = None                # the engine's KV pool, once it runs
         self._lock = threading.Lock()
         self._good: dict[str, dict | None] = {}           # group -> last good fields (None: never read)
         self._errors: dict[str, tuple[str, str]] = {}     # group -> (message, since ISO time)
@@ -152,6 +167,9 @@ class GroupQuotaBook:
                 if self.store is not None:
                     self.store.set_group_quota(group, fields)
                 self._good[group] = fields
+                if self.pool_pages is not None:
+                    for line in kv_pool_warnings(self.pool_pages, groups={group: fields}):
+                        log.warning("%s", line)
         return dict(fields)
 
     def last_good(self, group: str) -> dict | None:
@@ -166,10 +184,12 @@ class GroupQuotaBook:
         return self._good[group]
 
     def report(self) -> dict[str, dict]:
-        """Every group seen: the quota in effect and, while the Hub's value is unreadable, why."""
+        """Every group seen: the quota in effect, while the Hub's value is unreadable why, and warnings."""
         with self._lock:
             out = {}
             for group in sorted(set(self._good) | set(self._errors)):
                 message, since = self._errors.get(group, (None, None))
-                out[group] = {"quota": dict(self._good.get(group) or {}), "error": message, "error_since": since}
+                quota = dict(self._good.get(group) or {})
+                warnings = kv_pool_warnings(self.pool_pages, groups={group: quota}) if self.pool_pages else []
+                out[group] = {"quota": quota, "error": message, "error_since": since, "warnings": warnings}
             return out

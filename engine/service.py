@@ -45,6 +45,7 @@ from .engine import Engine
 from .http import admin, contexts, dashboard, generate, me, metrics, openai, runs, status
 from .http.base import NotFoundHandler
 from .http.fairpool import FairPool
+from .hubgroups import kv_pool_warnings
 from .metrics import EngineMetrics
 from .store import Store, UsageLedger
 
@@ -153,7 +154,12 @@ async def serve(settings: PotluckEngine) -> int:
                       authenticate_prometheus=settings.authenticate_prometheus,
                       runs=run_manager, runs_error=runs_error)
     engine_metrics.watch_groups(service.authenticator)
-    await service.authenticator.start()      # e.g. seeds default group quotas into the Hub, in the background
+    # e.g. seeds default group quotas into the Hub, in the background
+    await service.authenticator.start(kv_pool_pages=engine.pool.num_slots)
+    for line in kv_pool_warnings(engine.pool.num_slots, default=settings.default_quota,
+                                 groups=getattr(service.authenticator, "seed_groups", None),
+                                 overrides=await loop.run_in_executor(executor, store.list_overrides)):
+        log.warning("%s", line)
     base = normalize_base_url(settings.base_url)
     server = HTTPServer(make_app(service, base), max_body_size=service.body_discard_limit, xheaders=True)
     try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from ..errors import BadRequest, NotFound
+from ..hubgroups import kv_pool_warnings
 from ..store import NAME_CHARS, USAGE_FIELDS
 from ..store.tables import utcnow
 from ..store.usage import HOUR_WINDOW, RESOLUTIONS, bucket_of, sum_history
@@ -36,7 +37,14 @@ class TenantsHandler(APIHandler):
     admin_only = True
 
     async def get(self) -> None:
-        self.write_json({"tenants": await self.blocking(self.engine.admin_tenants)})
+        tenants = await self.blocking(self.engine.admin_tenants)
+        # Each Hub group's quota in effect, its read error (the last good quota applies) and warnings;
+        # every quota an admin set whose kv_pages the KV pool makes moot.
+        groups = self.service.authenticator.group_report()
+        warnings = kv_pool_warnings(self.engine.pool.num_slots, default=self.engine.config.default_quota,
+                                    groups={g: r["quota"] for g, r in groups.items()},
+                                    overrides={t["name"]: t["override"] for t in tenants if t.get("override")})
+        self.write_json({"tenants": tenants, "groups": groups, "warnings": warnings})
 
 
 class QuotaOverrideHandler(APIHandler):

@@ -139,3 +139,22 @@ def test_a_batch_loop_that_dies_while_serving_stops_the_service():
         await asyncio.wait_for(stop.wait(), 5)
         return await watch
     assert asyncio.run(scenario()) is True
+
+
+def test_quotas_above_the_kv_pool_are_flagged_to_admins(tmp_path):
+    from support.engine_process import EngineProcess
+    proc = EngineProcess(tmp_path, kv_pages=64, args=('--PotluckEngine.default_quota={"kv_pages": 128}',))
+    proc.start()
+    try:
+        admin = proc.client("root", admin=True)
+        assert admin.put("/api/admin/quotas/users/bob", json={"kv_pages": 100}).status_code == 200
+        assert admin.put("/api/admin/quotas/users/carol", json={"kv_pages": 8}).status_code == 200
+        body = admin.get("/api/admin/tenants").json()
+        assert body["warnings"] == [
+            "the default quota: kv_pages 128 is above the engine's KV pool of 64 pages; the pool is the limit",
+            "the override of user 'bob': kv_pages 100 is above the engine's KV pool of 64 pages; the pool is the limit"]
+        assert body["groups"] == {}                       # standalone: no Hub groups
+        assert proc.status()["kv"]["memory_bytes"] > 0
+    finally:
+        assert proc.stop() == 0, proc.log_tail()
+    assert "the default quota: kv_pages 128 is above the engine's KV pool of 64 pages" in proc.log_path.read_text()
