@@ -27,6 +27,7 @@ import {
   RANGES,
   rangeOf,
   historyPath,
+  historyRefreshMs,
   seriesColor,
   timeTicks,
   topSeries,
@@ -193,11 +194,14 @@ export class Dashboard {
       }
       this._renderGroupNote();
     }
+    // The history again only when the range changed or it is due (long ranges are big answers).
+    const due = !this._history || this._historyRange !== range ||
+      Date.now() - this._historyAt >= historyRefreshMs(range);
     const [status, tenants, runs, history] = await Promise.all([
       get('status', parseStatus),
       get('admin/tenants', parseTenants),
       get('admin/runs', parseRuns),
-      get(historyPath(range, Date.now()), b => parseUsageHistory(b))
+      due ? get(historyPath(range, Date.now()), b => parseUsageHistory(b)) : Promise.resolve(null)
     ]);
     if (status) {
       this._runStates = status.runStates;
@@ -207,6 +211,7 @@ export class Dashboard {
     if (history) {
       this._history = history;
       this._historyRange = range;
+      this._historyAt = Date.now();
     }
     if (tenants) {
       this._tenants = tenants;
@@ -637,6 +642,7 @@ export class Dashboard {
   private _tenants: ITenant[] = [];
   private _history: IUsageHistory | null = null;
   private _historyRange: IRange | null = null;
+  private _historyAt = 0;
   private _runStates: IRunStates = DEFAULT_RUN_STATES;
   private _fetchError: string | null = null;
   private _actionError: string | null = null;

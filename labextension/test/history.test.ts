@@ -13,6 +13,7 @@ import {
   formatBucketTime,
   formatTick,
   historyPath,
+  historyRefreshMs,
   linePath,
   niceMax,
   parseUsageHistory,
@@ -162,6 +163,13 @@ describe('chart geometry', () => {
     const path = historyPath(rangeOf('7d'), T0);
     assert.equal(path, `admin/usage?resolution=hour&since=${encodeURIComponent('2026-02-22T10:00:00.000Z')}`);
     assert.equal(rangeOf('nonsense').key, '1h');
+    assert.equal(rangeOf('48h').resolution, 'hour');
+  });
+
+  it('fetches long ranges less often', () => {
+    assert.equal(historyRefreshMs(rangeOf('1h')), 5000);
+    assert.equal(historyRefreshMs(rangeOf('6h')), 30000);
+    assert.equal(historyRefreshMs(rangeOf('90d')), 60000);
   });
 });
 
