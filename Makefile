@@ -35,6 +35,8 @@ $(VENV)/.installed: pyproject.toml setup.py
 	# Headless Chromium for the lab's browser test (tests/lab), from the distribution.
 	command -v chromium >/dev/null || (apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	# PostgreSQL for the store's tests (each run starts a throwaway cluster in a temp dir), from the distribution.
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 	# An editable install gets no data files: enable the server extension, install the kernelspec,
 	# link the lab extension.
 	$(PY) -m potluck.jupyter_ext.install

@@ -36,6 +36,8 @@ def check_saved_name(name) -> str:
     if not isinstance(name, str) or not name or len(name) > MAX_SAVED_NAME:
         raise BadRequest(f"a saved context name is 1 to {MAX_SAVED_NAME} characters", code="invalid_name",
                          param="name")
+    if any(c < " " for c in name):     # control characters (NUL cannot even be stored in PostgreSQL)
+        raise BadRequest("a saved context name has no control characters", code="invalid_name", param="name")
     return name
 
 

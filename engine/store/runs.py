@@ -29,7 +29,8 @@ class RunHistory(Database):
             "tenant": run["owner"], "state": run["state"], "kind": run.get("kind") or "python",
             "created_at": _parse_iso(run.get("created")) or utcnow(),
             "started_at": _parse_iso(run.get("started")), "finished_at": _parse_iso(run.get("finished")),
-            "error": (run.get("error") or None) and str(run["error"])[:2048],
+            # A guest's exception text may hold NUL, which PostgreSQL text cannot.
+            "error": (run.get("error") or None) and str(run["error"]).replace("\x00", "\\x00")[:2048],
             "usage": dict(run.get("usage") or {}), "events": int(run.get("events") or 0),
         }
 

@@ -37,6 +37,8 @@ def check_key(what: str, key: str) -> None:
         raise ValueError(f"{what} must be a non-empty string")
     if len(key) > MAX_KEY_CHARS:
         raise ValueError(f"{what} is {len(key)} characters; the limit is {MAX_KEY_CHARS}")
+    if "\x00" in key:      # PostgreSQL text cannot hold NUL: refused on every database alike
+        raise ValueError(f"{what} must not contain a NUL character")
 
 
 class UTCDateTime(TypeDecorator[datetime]):

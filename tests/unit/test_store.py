@@ -13,9 +13,24 @@ from potluck.engine.store import Store, TokenRecord, UsageLedger
 H0 = datetime(2025, 3, 1, 10, 0, tzinfo=timezone.utc)
 
 
-@pytest.fixture
-def db_url(tmp_path):
-    return f"sqlite:///{tmp_path / 'potluck.sqlite'}"
+@pytest.fixture(scope="module")
+def postgres():
+    """A real PostgreSQL server for this module (Debian's package, a throwaway cluster in a temp dir)."""
+    from support.postgres import PostgresServer, skip_reason
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """Every store test runs on SQLite (the default) and on PostgreSQL (what large hubs use)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'potluck.sqlite'}"
+    return request.getfixturevalue("postgres").create_database()
 
 
 @pytest.fixture
@@ -451,3 +466,15 @@ def test_a_corrupt_or_locked_sqlite_file_is_one_line_naming_it(tmp_path):
     with pytest.raises(StoreError) as e:
         Store("not a url")
     assert "db_url" in str(e.value)
+
+
+def test_nul_in_a_key_or_name_is_refused_alike_on_every_database(store):
+    with pytest.raises(ValueError) as e:
+        store.kv_put("alice", "a\x00b", b"v")
+    assert "NUL" in str(e.value)
+    with pytest.raises(ValueError):
+        store.save_context("alice", "n\x00", [1, 2])
+    # A guest's error text with a NUL in it is still recorded (PostgreSQL text cannot hold NUL).
+    store.save_run({"id": "r1", "owner": "alice", "state": "failed", "error": "line 1: ValueError: \x00",
+                    "created": H0.isoformat()})
+    assert store.get_run("alice", "r1")["error"] == "line 1: ValueError: \\x00"
