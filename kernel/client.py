@@ -15,8 +15,12 @@ kernel by ``potluck.jupyter_ext`` (or by hand): ``POTLUCK_URL`` (default
 (the server's Hub token, which every kernel under a Hub inherits).
 
 Every failure is a ``PotluckError`` whose message is one line for the user (what
-happened, which limit, what to do); nothing from the HTTP layer leaks out. This
-module never chooses a tenant: the engine takes it from the token.
+happened, which limit, what to do); nothing from the HTTP layer leaks out.
+Interrupting a call (the kernel's stop button) raises ``Interrupted``, a
+``KeyboardInterrupt`` with one line; an interrupted generation is cancelled in the
+engine and its text so far is kept in ``partial`` (``potluck.partial``, and the
+exception's ``.partial``). This module never chooses a tenant: the engine takes it
+from the token.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import json
 import os
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 from urllib.parse import quote, urlparse
@@ -52,6 +57,28 @@ class PotluckError(Exception):
         if self.limit and self.limit not in self.message:
             return f"{self.message} (limit {self.limit} = {self.value})"
         return self.message
+
+
+class Interrupted(KeyboardInterrupt):
+    """The user interrupted a call: one line; for a generation, ``partial`` holds its text so far."""
+
+    def __init__(self, message: str, partial: "Completion | None" = None):
+        super().__init__(message)
+        self.message = message
+        self.partial = partial
+
+    def __str__(self) -> str:
+        return self.message
+
+
+partial: "Completion | None" = None      # the text of the last interrupted generation (potluck.partial)
+_open_streams: "weakref.WeakSet[Stream]" = weakref.WeakSet()
+
+
+def close_open_streams() -> None:
+    """Close every stream still open (the kernel extension calls this after an interrupted cell)."""
+    for s in list(_open_streams):
+        s.close()
 
 
 def _error_from(r: requests.Response) -> PotluckError:
@@ -106,6 +133,25 @@ class Stream:
         self._engine_url = engine_url
         self.result: Completion | None = None
         self._closed_by_us = False
+        self._pieces: list[str] = []          # the text so far, kept if the generation is interrupted
+        self._tokens: list[int] = []
+        _open_streams.add(self)
+
+    def __enter__(self) -> "Stream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def interrupted(self) -> Interrupted:
+        """Stop the generation (the engine cancels it) and say so in one line, keeping the text so far."""
+        global partial
+        self.close()
+        c = Completion("".join(self._pieces))
+        c.tokens, c.logprobs, c.finish_reason, c.usage = list(self._tokens), [], "interrupted", {}
+        partial = c
+        return Interrupted(f"interrupted after {len(c.tokens)} tokens: the generation was cancelled; its text so "
+                           "far is in potluck.partial", c)
 
     def __iter__(self) -> Iterator[str]:
         event, data = None, []
@@ -118,7 +164,10 @@ class Stream:
                 elif not line and data:
                     body = json.loads("\n".join(data))
                     if event == "token":
+                        if isinstance(body.get("token"), int):
+                            self._tokens.append(body["token"])
                         if body.get("text"):
+                            self._pieces.append(body["text"])
                             yield body["text"]
                     elif event == "done":
                         self.result = Completion.of(body)
@@ -127,6 +176,8 @@ class Stream:
                         raise PotluckError(err.get("message", "the generation failed"), code=err.get("code", "error"),
                                            limit=err.get("limit"), value=err.get("value"))
                     event, data = None, []
+        except KeyboardInterrupt:
+            raise self.interrupted() from None      # not a traceback through requests and urllib3
         except (requests.RequestException, OSError) as e:
             if self._closed_by_us:
                 return
@@ -135,6 +186,7 @@ class Stream:
                                code="connection_broken") from None
         finally:
             self._response.close()
+            _open_streams.discard(self)
         if self.result is None and not self._closed_by_us:
             # The stream ended without its final event: never hand back a truncated answer as whole.
             raise PotluckError(f"the Potluck engine at {self._engine_url} ended the stream before the generation "
@@ -145,6 +197,7 @@ class Stream:
         """Stop reading; the engine cancels the generation when the connection closes."""
         self._closed_by_us = True
         self._response.close()
+        _open_streams.discard(self)
 
 
 @dataclass
@@ -240,6 +293,10 @@ class Client:
         except requests.Timeout:
             raise PotluckError(f"the Potluck engine at {self.url} did not answer in {self.timeout:.0f} s",
                                code="timeout") from None
+        except KeyboardInterrupt:
+            self.session.close()        # drops the connection: the engine cancels what it started
+            raise Interrupted(f"interrupted while waiting for the engine ({method} {path.split('?')[0]}): "
+                              "nothing was kept") from None
         if r.status_code not in ok:
             err = _error_from(r)
             r.close()
@@ -291,10 +348,15 @@ class Client:
         s = self.stream(prompt, messages=messages, context=context, max_tokens=max_tokens,
                         temperature=temperature, **params)
         n = 0
-        with Progress("generating...") as progress:
-            for _ in s:
-                n += 1
-                progress.update(f"generating... {n} tokens")
+        try:
+            with Progress("generating...") as progress:
+                for _ in s:
+                    n += 1
+                    progress.update(f"generating... {n} tokens")
+        except Interrupted:
+            raise
+        except KeyboardInterrupt:       # between two pieces, in this loop rather than in the read
+            raise s.interrupted() from None
         return s.result
 
     def stream(self, prompt: str | None = None, *, messages: list[dict] | None = None, context: str | None = None,

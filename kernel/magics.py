@@ -39,10 +39,11 @@ def _stream_into_cell(open_stream):
         return s
     except PotluckError as e:
         report(e)
-    except KeyboardInterrupt:
-        if s is not None:
-            s.close()        # the engine cancels the generation when the connection closes
-        print("\n[interrupted]", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        # The engine cancels the generation when the connection closes; the text so far is kept.
+        if not isinstance(e, api.Interrupted):
+            e = s.interrupted() if s is not None else e
+        print(f"\npotluck: {e or 'interrupted'}", file=sys.stderr, flush=True)
     return None
 
 @magics_class
