@@ -43,6 +43,7 @@ class Structured:
     """What the output must match: exactly one kind and its value."""
     kind: str        # one of KINDS
     value: object    # a schema (dict), a regex / grammar (str), a list of strings, or None (json_object)
+    source: str = "structured output"     # the request field it came from, named in errors
 
     @staticmethod
     def of(fields: dict, *, where: str) -> "Structured | None":
@@ -66,7 +67,7 @@ class Structured:
                 value = json.loads(value)
             except ValueError as e:
                 raise _bad(f"{where}.json is not valid JSON: {e}", where) from None
-        return Structured(kind, None if kind == "json_object" else value)
+        return Structured(kind, None if kind == "json_object" else value, where)
 
 
 def _bad(message: str, param: str | None = None) -> BadRequest:
@@ -149,7 +150,8 @@ class ConstraintCompiler:
             raise _bad(f"{where}: the {kind} cannot be used: {_first_line(e)}", where) from None
         raise _bad(f"{where}: unknown kind {kind!r}", where)
 
-    def compile(self, spec: Structured, *, where: str = "structured output") -> Constraint:
+    def compile(self, spec: Structured, *, where: str | None = None) -> Constraint:
+        where = where or spec.source
         grammar = self.grammar(spec, where=where)
         err = llguidance.LLMatcher.validate_grammar(grammar, self.tokenizer)
         if err:

@@ -222,9 +222,9 @@ class Engine:
             g.created = called
         return gens
 
-    def compile_structured(self, structured: Structured, *, where: str = "structured output") -> Constraint:
+    def compile_structured(self, structured: Structured) -> Constraint:
         """A grammar for ``structured``, compiled on the caller's thread (a bad one is a one-line 400)."""
-        return self.runner.constraints.compile(structured, where=where)
+        return self.runner.constraints.compile(structured)
 
     def _fork_prompt(self, leader: Generation, g: Generation) -> None:
         """On the loop, once ``leader``'s prompt is computed: ``g`` continues from a fork of it."""

@@ -55,6 +55,8 @@ class QuotaExceeded(PotluckError):
     status = 429
     code = "quota_exceeded"
 
+    retry_after: int | None = None    # seconds until retrying can succeed (the Retry-After header)
+
     def __init__(self, limit: str, value, message: str, *, status: int = 429):
         super().__init__(message, status=status, limit=limit, value=value)
         self.limit = limit
@@ -62,7 +64,8 @@ class QuotaExceeded(PotluckError):
 
 
 class RequestTooLarge(QuotaExceeded):
-    """A single request is over a per-request limit (413 rather than 429: retrying will not help)."""
+    """A single request is over a per-request limit, or larger than a rate limit could ever admit
+    (413 rather than 429: retrying will not help; the OpenAI door answers 400, as OpenAI does)."""
     code = "request_too_large"
 
     def __init__(self, limit: str, value, message: str):

@@ -51,12 +51,12 @@ def check_max_tokens(max_tokens) -> int:
 
 
 def check_context_window(prompt_tokens: int, max_tokens: int, max_context: int) -> None:
+    # OpenAI's own wording: clients (LiteLLM's context-window fallbacks) recognise it.
     if prompt_tokens + max_tokens > max_context:
-        if prompt_tokens >= max_context:
-            raise BadRequest(f"the prompt has {prompt_tokens} tokens; the model's context window is "
-                             f"{max_context}", code="context_length_exceeded")
-        raise BadRequest(f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds the model's "
-                         f"context window of {max_context} tokens", code="context_length_exceeded")
+        raise BadRequest(f"This model's maximum context length is {max_context} tokens. However, you requested "
+                         f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
+                         f"completion). Please reduce the length of the messages or completion.",
+                         code="context_length_exceeded")
 
 
 def check_stop(stop) -> list[str]:

@@ -189,6 +189,24 @@ class TokenWindow:
         self._roll(time.time())
         return self._day_tokens
 
+    def seconds_until_minute_frees(self, need: int, limit: int, now: float | None = None) -> int:
+        """How long until ``need`` more tokens fit under a per-minute ``limit`` (what Retry-After says)."""
+        now = time.time() if now is None else now
+        self._roll(now)
+        used = self._minute
+        if used + need <= limit:
+            return 1
+        for sec, n in self._buckets:
+            used -= n
+            if used + need <= limit:
+                return max(1, math.ceil(sec + 60 - now))
+        return 60
+
+    @staticmethod
+    def seconds_until_day_ends() -> int:
+        now = datetime.now(timezone.utc)
+        return max(1, 86400 - (now.hour * 3600 + now.minute * 60 + now.second))
+
 
 @dataclass
 class Tenant:
@@ -274,17 +292,30 @@ class Tenant:
         reserved = self.reserved()
         if q.tokens_per_minute is not None:
             used = self.window.minute() + reserved
+            if tokens > q.tokens_per_minute:
+                raise RequestTooLarge("tokens_per_minute", q.tokens_per_minute,
+                                      f"this request needs {tokens} tokens (its prompt and one new token) but your "
+                                      f"tokens_per_minute limit is {q.tokens_per_minute}: it can never fit, "
+                                      f"retrying will not help; send a shorter prompt")
             if used + tokens > q.tokens_per_minute:
-                raise QuotaExceeded("tokens_per_minute", q.tokens_per_minute,
+                err = QuotaExceeded("tokens_per_minute", q.tokens_per_minute,
                                     f"token rate limit: {used} tokens used or promised to running requests in "
                                     f"the last minute (+{tokens} asked) against your tokens_per_minute limit "
                                     f"{q.tokens_per_minute}; try again in a minute")
+                err.retry_after = self.window.seconds_until_minute_frees(tokens + reserved, q.tokens_per_minute)
+                raise err
         if q.tokens_per_day is not None:
             used = self.window.day() + reserved
+            if tokens > q.tokens_per_day:
+                raise RequestTooLarge("tokens_per_day", q.tokens_per_day,
+                                      f"this request needs {tokens} tokens (its prompt and one new token) but your "
+                                      f"tokens_per_day limit is {q.tokens_per_day}: it can never fit")
             if used + tokens > q.tokens_per_day:
-                raise QuotaExceeded("tokens_per_day", q.tokens_per_day,
+                err = QuotaExceeded("tokens_per_day", q.tokens_per_day,
                                     f"daily token limit: {used} tokens used or promised today (UTC) against "
                                     f"your tokens_per_day limit {q.tokens_per_day}")
+                err.retry_after = self.window.seconds_until_day_ends()
+                raise err
 
     def usage_json(self) -> dict:
         return {

@@ -250,6 +250,9 @@ class ServiceHandler(web.RequestHandler):
         """Answer with ``err``: its status and JSON body (and the Bearer challenge on 401)."""
         if err.status == 401:
             self.set_header("WWW-Authenticate", 'Bearer realm="potluck"')
+        if err.status == 429:
+            # Clients (the openai SDK, LiteLLM) wait this long before retrying.
+            self.set_header("Retry-After", str(getattr(err, "retry_after", None) or 1))
         self._finish_json_error(err.status, err.to_json())
 
     def _finish_json_error(self, status: int, body: dict) -> None:

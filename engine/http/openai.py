@@ -1,29 +1,36 @@
 """The OpenAI-compatible endpoints: ``/v1/chat/completions``, ``/v1/completions``, ``/v1/models``.
 
-Any OpenAI client works with ``base_url=<engine>/v1`` and the user's token as
-the API key. The documented OpenAI request fields are accepted; those that ask
-for something this engine does not do (``n`` > 1, tools, penalties, JSON mode,
-audio) are refused with ``unsupported_parameter`` naming the field rather than
-silently ignored, and unknown fields are refused as OpenAI itself does.
-``user`` is accepted and ignored: the tenant is always the token's owner.
+Any OpenAI client works with ``base_url=<engine>/v1`` and the user's token as the API key.
+Supported beyond text: ``n`` choices (one prefill, forked), lists of prompts, ``echo`` with
+prompt logprobs, presence / frequency (and vLLM's repetition) penalties, ``response_format``
+(``json_object``, ``json_schema``) and vLLM's ``structured_outputs`` / ``guided_*`` fields
+(decoded under a grammar: the answer always parses), and tools (``openai_tools``). Fields that
+ask for something a text model cannot do (audio, web search) are refused naming the field, and
+unknown fields are refused as OpenAI itself does. ``user`` is accepted and ignored: the tenant
+is always the token's owner.
 
-Defaults follow OpenAI: ``temperature`` 1, ``max_tokens`` 16 for completions;
-chat completions default to 256 tokens (capped by the tenant's
-``max_tokens_per_request``). Extensions, as vLLM has them: ``top_k``,
-``min_p``, ``ignore_eos``, ``stop_token_ids``.
+Errors have OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: request-shape
+and per-request limits are 400 (``invalid_request_error``), rates 429 with ``Retry-After``.
+
+Defaults follow OpenAI: ``temperature`` 1, ``max_tokens`` 16 for completions; chat completions
+default to 256 tokens (capped by the tenant's ``max_tokens_per_request``).
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
+from ..constraints import Structured
 from ..errors import BadRequest
-from .base import APIHandler, check_fields, finite
-from .streams import GenerationHandler, build_sampler, check_model, logprob_of, sse, usage_json
+from .base import APIHandler, ServiceHandler, check_fields, finite
+from .openai_tools import CALL_OPEN, ToolRequest, new_call, parse_calls, prompt_messages, template_renders_tools
+from .streams import GenerationHandler, build_sampler, check_model, logprob_of, sse
 
 CHAT_DEFAULT_MAX_TOKENS = 256
 COMPLETION_DEFAULT_MAX_TOKENS = 16      # OpenAI's documented default for /v1/completions
+MAX_PROMPTS = 64                        # prompts in one /v1/completions request
 
 _COMMON = {
     "model": "string",
@@ -39,11 +46,18 @@ _COMMON = {
     "presence_penalty": "number",
     "frequency_penalty": "number",
     "user": "string",
+    "response_format": "object",
     # extensions (as in vLLM)
     "top_k": "integer",
     "min_p": "number",
+    "repetition_penalty": "number",
     "ignore_eos": "boolean",
     "stop_token_ids": "array",
+    "structured_outputs": "object",
+    "guided_json": ("object", "string"),
+    "guided_regex": "string",
+    "guided_choice": "array",
+    "guided_grammar": "string",
 }
 
 CHAT_FIELDS = {
@@ -52,7 +66,6 @@ CHAT_FIELDS = {
     "max_completion_tokens": "integer",
     "logprobs": "boolean",
     "top_logprobs": "integer",
-    "response_format": "object",
     "tools": "array",
     "tool_choice": ("string", "object"),
     "parallel_tool_calls": "boolean",
@@ -82,23 +95,57 @@ COMPLETION_FIELDS = {
 
 STREAM_OPTIONS = {"include_usage": "boolean", "include_obfuscation": "boolean"}
 
+# OpenAI's error types by status; the openai SDK picks its exception class by status, LangChain
+# and LiteLLM also read ``type`` and the message.
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                404: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error",
+                422: "invalid_request_error", 429: "rate_limit_error"}
+
 
 def unsupported(param: str, message: str) -> BadRequest:
     return BadRequest(message, code="unsupported_parameter", param=param)
 
 
+def structured_of(p: dict) -> Structured | None:
+    """The output structure asked for by ``response_format``, ``structured_outputs`` or ``guided_*``."""
+    asked: list[tuple[str, Structured | None]] = []
+    fmt = p.get("response_format")
+    if fmt is not None:
+        kind = fmt.get("type")
+        if kind == "json_object":
+            asked.append(("response_format", Structured("json_object", None, "response_format")))
+        elif kind == "json_schema":
+            js = fmt.get("json_schema")
+            if not isinstance(js, dict):
+                raise BadRequest("response_format json_schema needs a 'json_schema' object with a 'schema'",
+                                 code="invalid_structured_output", param="response_format")
+            schema = js.get("schema")
+            asked.append(("response_format", Structured("json", schema, "response_format") if schema is not None
+                          else Structured("json_object", None, "response_format")))
+        elif kind != "text":
+            raise unsupported("response_format", f"response_format type {kind!r} is not supported; use "
+                                                 "'text', 'json_object' or 'json_schema'")
+    if "structured_outputs" in p:
+        asked.append(("structured_outputs", Structured.of(p["structured_outputs"], where="structured_outputs")))
+    legacy = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice", "guided_grammar": "grammar"}
+    for name, kind in legacy.items():
+        if name in p:
+            asked.append((name, Structured.of({kind: p[name]}, where=name)))
+    asked = [(n, s) for n, s in asked if s is not None]
+    if len(asked) > 1:
+        raise BadRequest(f"give one of {asked[0][0]} and {asked[1][0]}, not both",
+                         code="invalid_structured_output", param=asked[1][0])
+    return asked[0][1] if asked else None
+
+
 def _check_common(p: dict) -> None:
-    if p.get("n", 1) != 1:
-        raise unsupported("n", f"n={p['n']} is not supported: one choice per request (send several requests)")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if p.get(name, 0) != 0:
-            raise unsupported(name, f"{name} is not supported; leave it out or set it to 0")
     if "stream_options" in p:
         check_fields(p["stream_options"], STREAM_OPTIONS, where="stream_options")
 
 
 def _sampling(p: dict, top_logprobs: int) -> dict:
-    s = {k: p[k] for k in ("top_p", "top_k", "min_p", "seed", "logit_bias") if k in p}
+    s = {k: p[k] for k in ("top_p", "top_k", "min_p", "seed", "logit_bias", "presence_penalty",
+                           "frequency_penalty", "repetition_penalty") if k in p}
     s["temperature"] = p.get("temperature", 1.0)
     s["top_logprobs"] = top_logprobs
     return s
@@ -110,14 +157,15 @@ def _stop(p: dict) -> list | None:
 
 
 def chat_messages(messages: list) -> list:
-    """OpenAI messages as the engine's {role, content}: text parts joined, ``developer`` as ``system``."""
+    """OpenAI messages as the engine's {role, content}: text parts joined, ``developer`` as ``system``.
+
+    Tool turns keep ``tool_calls`` / ``tool_call_id``; ``openai_tools.prompt_messages`` renders them.
+    """
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             out.append(m)        # the engine names the problem
             continue
-        if m.get("tool_calls") or m.get("function_call"):
-            raise unsupported("messages", f"messages[{i}]: tool calls are not supported")
         content = m.get("content")
         if isinstance(content, list):
             texts = []
@@ -127,11 +175,40 @@ def chat_messages(messages: list) -> list:
                 texts.append(part["text"])
             content = "".join(texts)
         role = m.get("role")
-        out.append({"role": "system" if role == "developer" else role, "content": content})
+        msg = {"role": "system" if role == "developer" else role, "content": content}
+        calls = m.get("tool_calls")
+        if m.get("function_call") and not calls:
+            calls = [{"id": "call_0", "type": "function", "function": m["function_call"]}]
+        if calls is not None:
+            if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("function"), dict)
+                                                      and isinstance(c["function"].get("name"), str)
+                                                      for c in calls):
+                raise BadRequest(f"messages[{i}].tool_calls must be a list of {{'function': {{'name', "
+                                 f"'arguments'}}}} objects", code="invalid_messages", param="messages")
+            msg["tool_calls"] = calls
+            msg["content"] = content or ""
+        if role in ("tool", "function"):
+            msg["role"] = "tool"
+            msg["content"] = content if isinstance(content, str) else json.dumps(content)
+            if m.get("tool_call_id") is not None:
+                msg["tool_call_id"] = m["tool_call_id"]
+        out.append(msg)
     return out
 
 
-class _OpenAIHandler(GenerationHandler):
+class OpenAIErrors(ServiceHandler):
+    """Errors in OpenAI's shape, for every handler under ``/v1``."""
+
+    def _finish_json_error(self, status: int, body: dict) -> None:
+        err = dict(body.get("error") or {})
+        if status == 413 and err.get("code") == "request_too_large":
+            status = 400          # a per-request limit: OpenAI and vLLM answer 400 (the SDK's BadRequestError)
+        shaped = {"message": err.pop("message", ""), "type": _ERROR_TYPES.get(status, "server_error"),
+                  "param": err.pop("param", None), "code": err.pop("code", None), **err}
+        super()._finish_json_error(status, {"error": shaped})
+
+
+class _OpenAIHandler(OpenAIErrors, GenerationHandler):
     def new_id(self, prefix: str) -> str:
         return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
@@ -139,32 +216,24 @@ class _OpenAIHandler(GenerationHandler):
         # The token as the model wrote it, special tokens included (OpenAI's logprobs show them).
         return self.engine.decode([token], skip_special_tokens=False)
 
+    def usage(self, gens, results) -> dict:
+        """One prompt's tokens per prompt (its choices share it), every choice's completion tokens."""
+        prompt = sum(len(g.prompt) for i, g in enumerate(gens) if i in self.leaders)
+        done = sum(len(r.tokens) for r in results)
+        cached = sum(gens[i].cached_tokens for i in self.leaders)
+        return {"prompt_tokens": prompt, "completion_tokens": done, "total_tokens": prompt + done,
+                "prompt_tokens_details": {"cached_tokens": cached}}
+
+    leaders: list[int] = [0]
+
     async def fail_stream(self, g) -> None:
         # The OpenAI clients raise on a chunk carrying "error".
-        await self.send(sse(g.error.to_json()))
+        shaped = g.error.to_json()["error"]
+        await self.send(sse({"error": {"message": shaped.pop("message"), "type": _ERROR_TYPES.get(
+            g.error.status, "server_error"), "param": shaped.pop("param", None), "code": shaped.pop("code")}}))
 
-    async def end_generation(self, g, stream: bool, chunk, last_choice: dict, include_usage: bool):
-        """The end both endpoints share: ``(result, usage)`` to answer with, or None when done already.
-
-        Streaming ends with the finishing chunk, the usage chunk if asked for, and ``[DONE]``; a
-        failed generation raises (plain) or ends the stream with an error event.
-        """
-        if self.client_gone:
-            return None
-        if g.error is not None:
-            if not stream:
-                raise g.error
-            await self.fail_stream(g)
-            return None
-        res = g.result(timeout=0)
-        usage = openai_usage(res)
-        if stream:
-            tail = chunk([{**last_choice, "finish_reason": res.finish_reason}])
-            if include_usage:
-                tail += chunk([], usage=usage)
-            await self.send(tail + sse("[DONE]"))
-            return None
-        return res, usage
+    def failed(self, gens) -> object | None:
+        return next((g for g in gens if g.error is not None), None)
 
 
 class ChatCompletionsHandler(_OpenAIHandler):
@@ -174,14 +243,6 @@ class ChatCompletionsHandler(_OpenAIHandler):
         p = check_fields(self.json_body(), CHAT_FIELDS, required=("model", "messages"),
                          where="/v1/chat/completions")
         _check_common(p)
-        if p.get("tools") or p.get("functions"):
-            raise unsupported("tools" if p.get("tools") else "functions", "tool and function calling is not supported")
-        for name in ("tool_choice", "function_call"):
-            if name in p and p[name] not in ("none", "auto"):
-                raise unsupported(name, f"{name} is not supported (tool calling is not available)")
-        fmt = p.get("response_format")
-        if fmt is not None and fmt.get("type") != "text":
-            raise unsupported("response_format", "only response_format {'type': 'text'} is supported")
         for name in ("audio", "prediction", "web_search_options"):
             if name in p:
                 raise unsupported(name, f"{name} is not supported")
@@ -190,51 +251,83 @@ class ChatCompletionsHandler(_OpenAIHandler):
         if p.get("top_logprobs") and not p.get("logprobs"):
             raise BadRequest("top_logprobs needs logprobs: true", code="invalid_sampling", param="top_logprobs")
         check_model(self.engine, p["model"])
+        tools = ToolRequest.of(p)
+        structured = structured_of(p)
+        if tools is not None and tools.forced:
+            if structured is not None:
+                raise BadRequest("give response_format or a required tool_choice, not both",
+                                 code="invalid_structured_output", param="tool_choice")
+            structured = tools.call_structure()
+        messages, chat_kwargs = prompt_messages(chat_messages(p["messages"]), tools,
+                                                template_renders_tools(self.engine.chat_template))
         want_logprobs = p.get("logprobs", False)
+        n = p.get("n", 1)
         sampler = build_sampler(_sampling(p, p.get("top_logprobs", 0) if want_logprobs else 0))
-        g, events = await self.start_generation(
-            CHAT_DEFAULT_MAX_TOKENS, messages=chat_messages(p["messages"]),
+        gens, events = await self.start_choices(CHAT_DEFAULT_MAX_TOKENS, [dict(
+            n=n, messages=messages, chat_kwargs=chat_kwargs, structured=structured,
             max_tokens=p.get("max_completion_tokens", p.get("max_tokens")), sampler=sampler, stop=_stop(p),
-            stop_token_ids=p.get("stop_token_ids"), ignore_eos=p.get("ignore_eos", False))
+            stop_token_ids=p.get("stop_token_ids"), ignore_eos=p.get("ignore_eos", False))])
         cid, created, model = self.new_id("chatcmpl"), int(time.time()), self.engine.model_name
         stream = p.get("stream", False)
         include_usage = bool(p.get("stream_options", {}).get("include_usage"))
-        logprobs = []
+        choices = [_ChatChoice(i, tools, want_logprobs) for i in range(n)]
 
-        def chunk(choices: list, **extra) -> str:
+        def chunk(items: list, **extra) -> str:
             body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                    "system_fingerprint": None, "choices": choices, **extra}
+                    "system_fingerprint": None, "choices": items, **extra}
             if include_usage:
                 body.setdefault("usage", None)
             return sse(body)
 
         if stream:
             self.begin_stream()
-            if not await self.send(chunk([{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                           "logprobs": None, "finish_reason": None}])):
+            first = [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                      "finish_reason": None} for i in range(n)]
+            if not await self.send("".join(chunk([c]) for c in first)):
                 return
-        async for batch in events.batches():
-            entries = [self.logprob_entry(ev) if want_logprobs and ev.token >= 0 else None for ev in batch]
-            if not stream:
-                logprobs.extend(e for e in entries if e is not None)
-                continue
-            text = "".join(chunk([{"index": 0, "delta": {"content": ev.text},
-                                   "logprobs": {"content": [e]} if e is not None else None,
-                                   "finish_reason": None}])
-                           for ev, e in zip(batch, entries) if ev.text or e is not None)
-            if text and not await self.send(text):
+        async for batch in events.choice_batches():
+            out = []
+            for i, ev in batch:
+                c = choices[i]
+                if ev is None:
+                    continue
+                entry = self.logprob_entry(ev) if want_logprobs and ev.token >= 0 else None
+                for delta, lps in c.push(ev.text, entry, stream):
+                    out.append(chunk([{"index": i, "delta": delta, "logprobs": lps, "finish_reason": None}]))
+            if stream and out and not await self.send("".join(out)):
                 return
-        done = await self.end_generation(g, stream, chunk, {"index": 0, "delta": {}, "logprobs": None}, include_usage)
-        if done is None:
+        if self.client_gone:
             return
-        res, usage = done
-        self.write_json({
-            "id": cid, "object": "chat.completion", "created": created, "model": model, "system_fingerprint": None,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": res.text, "refusal": None},
-                         "logprobs": {"content": logprobs} if want_logprobs else None,
-                         "finish_reason": res.finish_reason}],
-            "usage": usage,
-        })
+        bad = self.failed(gens)
+        if bad is not None:
+            if not stream:
+                raise bad.error
+            await self.fail_stream(bad)
+            return
+        results = [g.result(timeout=0) for g in gens]
+        usage = self.usage(gens, results)
+        if stream:
+            tail = []
+            for c, r in zip(choices, results):
+                for delta, lps in c.end(r.text, stream=True):
+                    tail.append(chunk([{"index": c.index, "delta": delta, "logprobs": lps, "finish_reason": None}]))
+                tail.append(chunk([{"index": c.index, "delta": {}, "logprobs": None,
+                                    "finish_reason": c.finish_reason(r.finish_reason)}]))
+            if include_usage:
+                tail.append(chunk([], usage=usage))
+            await self.send("".join(tail) + sse("[DONE]"))
+            return
+        out_choices = []
+        for c, r in zip(choices, results):
+            content, calls = c.answer(r.text)
+            msg = {"role": "assistant", "content": content, "refusal": None}
+            if calls:
+                msg["tool_calls"] = calls
+            out_choices.append({"index": c.index, "message": msg,
+                                "logprobs": {"content": c.logprobs} if want_logprobs else None,
+                                "finish_reason": c.finish_reason(r.finish_reason)})
+        self.write_json({"id": cid, "object": "chat.completion", "created": created, "model": model,
+                         "system_fingerprint": None, "choices": out_choices, "usage": usage})
 
     def logprob_entry(self, ev) -> dict:
         text = self.token_text(ev.token)
@@ -246,109 +339,230 @@ class ChatCompletionsHandler(_OpenAIHandler):
         return entry
 
 
+class _ChatChoice:
+    """One choice of a chat completion: its text streamed as content, or held as a tool call.
+
+    With a forced tool call the whole output is the call; with "auto" the output is held while it
+    may still be a call (it starts like ``<tool_call>`` or a JSON object) and streamed as content
+    as soon as it cannot be.
+    """
+
+    def __init__(self, index: int, tools: ToolRequest | None, want_logprobs: bool):
+        self.index = index
+        self.tools = tools
+        self.logprobs: list[dict] = []
+        self.held = ""
+        self.held_lps: list[dict] = []
+        self.streaming = tools is None or tools.choice == "none"
+        self.calls: list[dict] | None = None
+
+    def _maybe_call(self, text: str) -> bool:
+        head = text.lstrip()
+        return (not head or head.startswith(CALL_OPEN) or CALL_OPEN.startswith(head)
+                or head.startswith("{"))
+
+    def push(self, text: str, entry: dict | None, stream: bool):
+        """The deltas to send now for this token (none while the text is held)."""
+        if entry is not None:
+            self.logprobs.append(entry)
+        if self.streaming:
+            if stream and (text or entry is not None):
+                yield {"content": text}, ({"content": [entry]} if entry is not None else None)
+            return
+        self.held += text
+        if entry is not None:
+            self.held_lps.append(entry)
+        if self.tools.choice == "auto" and not self._maybe_call(self.held):
+            self.streaming = True
+            held, lps, self.held, self.held_lps = self.held, self.held_lps, "", []
+            if stream:
+                yield {"content": held}, ({"content": lps} if lps else None)
+
+    def answer(self, text: str) -> tuple[str | None, list[dict]]:
+        """(content, tool calls) of the whole output."""
+        if self.calls is None:
+            self.calls = []
+            if self.tools is not None and self.tools.forced:
+                try:
+                    obj = json.loads(text)
+                except ValueError:       # cut by max_tokens: no call to give
+                    return text, []
+                self.calls = [new_call(obj["name"], obj["arguments"])]
+                return None, self.calls
+            if self.tools is not None and self.tools.choice == "auto" and not self.streaming:
+                content, self.calls = parse_calls(text, self.tools)
+                return content, self.calls
+        return (None if self.calls else text), self.calls
+
+    def end(self, text: str, stream: bool):
+        """The deltas that close a streamed choice: held text as content, or its tool calls."""
+        if self.streaming:
+            return
+        content, calls = self.answer(text)
+        if calls:
+            if content:
+                yield {"content": content}, None
+            yield {"tool_calls": [{"index": k, **c} for k, c in enumerate(calls)]}, None
+        elif self.held:
+            yield {"content": self.held}, ({"content": self.held_lps} if self.held_lps else None)
+
+    def finish_reason(self, reason: str) -> str:
+        return "tool_calls" if self.calls else reason
+
+
 class CompletionsHandler(_OpenAIHandler):
     """``POST v1/completions``."""
 
     async def post(self) -> None:
         p = check_fields(self.json_body(), COMPLETION_FIELDS, required=("model", "prompt"), where="/v1/completions")
         _check_common(p)
-        if p.get("best_of", 1) != 1:
-            raise unsupported("best_of", "best_of other than 1 is not supported")
+        n = p.get("n", 1)
+        if p.get("best_of", n) != n:
+            raise unsupported("best_of", "best_of other than n is not supported (choices are not ranked)")
         if p.get("suffix"):
             raise unsupported("suffix", "suffix (fill-in-the-middle) is not supported")
-        want_logprobs = "logprobs" in p
-        if want_logprobs and p.get("echo"):
-            raise unsupported("echo", "echo together with logprobs is not supported")
         check_model(self.engine, p["model"])
-        prompt, tokens = self.prompt_of(p["prompt"])
-        sampler = build_sampler(_sampling(p, p.get("logprobs") or 0))
-        g, events = await self.start_generation(
-            COMPLETION_DEFAULT_MAX_TOKENS, prompt=prompt, tokens=tokens, max_tokens=p.get("max_tokens"),
-            sampler=sampler, stop=_stop(p), stop_token_ids=p.get("stop_token_ids"),
-            ignore_eos=p.get("ignore_eos", False))
+        want_logprobs = "logprobs" in p
+        top = p.get("logprobs") or 0
+        echo = p.get("echo", False)
+        prompts = self.prompts_of(p["prompt"])
+        structured = structured_of(p)
+        sampler = build_sampler(_sampling(p, top))
+        gens, events = await self.start_choices(COMPLETION_DEFAULT_MAX_TOKENS, [dict(
+            n=n, prompt=text, tokens=ids, max_tokens=p.get("max_tokens"), sampler=sampler, stop=_stop(p),
+            stop_token_ids=p.get("stop_token_ids"), ignore_eos=p.get("ignore_eos", False), structured=structured,
+            prompt_logprobs=top if echo and want_logprobs else -1) for text, ids in prompts])
+        self.leaders = list(range(0, len(gens), n))
         cid, created, model = self.new_id("cmpl"), int(time.time()), self.engine.model_name
         stream = p.get("stream", False)
         include_usage = bool(p.get("stream_options", {}).get("include_usage"))
-        echo = ""
-        if p.get("echo"):
-            echo = prompt if prompt is not None else await self.blocking(
-                lambda: self.engine.decode(tokens, skip_special_tokens=False))
-        lp = {"tokens": [], "token_logprobs": [], "top_logprobs": [] if p.get("logprobs") else None,
-              "text_offset": []}
-        offset = len(echo)
+        texts = [text for text, _ in prompts for _ in range(n)]
+        echoes = [""] * len(gens)
+        if echo:
+            for i, g in enumerate(gens):
+                echoes[i] = texts[i] if texts[i] is not None else await self.blocking(
+                    lambda g=g: self.engine.decode(g.prompt, skip_special_tokens=False))
+        lps = [_CompletionLogprobs(self, top) for _ in gens]
+        echoed = [False] * len(gens)
 
-        def chunk(choices: list, **extra) -> str:
+        def chunk(items: list, **extra) -> str:
             body = {"id": cid, "object": "text_completion", "created": created, "model": model,
-                    "system_fingerprint": None, "choices": choices, **extra}
+                    "system_fingerprint": None, "choices": items, **extra}
             if include_usage:
                 body.setdefault("usage", None)
             return sse(body)
 
-        def logprobs_of(evs) -> dict:
-            nonlocal offset
-            part = {"tokens": [], "token_logprobs": [], "top_logprobs": [] if p.get("logprobs") else None,
-                    "text_offset": []}
-            for ev in evs:
-                if ev.token >= 0:
-                    part["tokens"].append(self.token_text(ev.token))
-                    part["token_logprobs"].append(finite(ev.logprob))
-                    part["text_offset"].append(offset)
-                    if part["top_logprobs"] is not None:
-                        part["top_logprobs"].append({self.token_text(t): logprob_of(pr) for t, pr in ev.top or ()})
-                offset += len(ev.text)
-            return part
+        def echo_part(i: int) -> tuple[str, dict | None]:
+            # The prompt is scored by the time its first token arrives.
+            echoed[i] = True
+            part = None
+            if want_logprobs:
+                part = lps[i].prompt(gens[i].prompt, gens[i].seq.scores if gens[i].scored else None)
+            return echoes[i], part
 
         if stream:
             self.begin_stream()
-            if echo and not await self.send(chunk([{"index": 0, "text": echo, "logprobs": None,
-                                                    "finish_reason": None}])):
+        async for batch in events.choice_batches():
+            out = []
+            for i, ev in batch:
+                if ev is None:
+                    continue
+                if echo and not echoed[i]:
+                    text, part = echo_part(i)
+                    out.append(chunk([{"index": i, "text": text, "logprobs": part, "finish_reason": None}]))
+                part = lps[i].add([ev]) if want_logprobs else None
+                out.append(chunk([{"index": i, "text": ev.text, "logprobs": part, "finish_reason": None}]))
+            if stream and out and not await self.send("".join(out)):
                 return
-        async for batch in events.batches():
-            if not stream:
-                if want_logprobs:
-                    part = logprobs_of(batch)
-                    for k, v in part.items():
-                        if v is not None:
-                            lp[k].extend(v)
-                continue
-            text = "".join(chunk([{"index": 0, "text": ev.text,
-                                   "logprobs": logprobs_of([ev]) if want_logprobs else None,
-                                   "finish_reason": None}])
-                           for ev in batch)
-            if not await self.send(text):
-                return
-        done = await self.end_generation(g, stream, chunk, {"index": 0, "text": "", "logprobs": None}, include_usage)
-        if done is None:
+        if self.client_gone:
             return
-        res, usage = done
-        self.write_json({
-            "id": cid, "object": "text_completion", "created": created, "model": model, "system_fingerprint": None,
-            "choices": [{"index": 0, "text": echo + res.text, "logprobs": lp if want_logprobs else None,
-                         "finish_reason": res.finish_reason}],
-            "usage": usage,
-        })
+        bad = self.failed(gens)
+        if bad is not None:
+            if not stream:
+                raise bad.error
+            await self.fail_stream(bad)
+            return
+        results = [g.result(timeout=0) for g in gens]
+        usage = self.usage(gens, results)
+        if stream:
+            tail = [chunk([{"index": i, "text": "", "logprobs": None, "finish_reason": r.finish_reason}])
+                    for i, r in enumerate(results)]
+            if include_usage:
+                tail.append(chunk([], usage=usage))
+            await self.send("".join(tail) + sse("[DONE]"))
+            return
+        out = []
+        for i, r in enumerate(results):
+            if echo and not echoed[i]:
+                echo_part(i)
+            out.append({"index": i, "text": echoes[i] + r.text, "logprobs": lps[i].whole if want_logprobs else None,
+                        "finish_reason": r.finish_reason})
+        self.write_json({"id": cid, "object": "text_completion", "created": created, "model": model,
+                         "system_fingerprint": None, "choices": out, "usage": usage})
 
     @staticmethod
-    def prompt_of(prompt) -> tuple[str | None, list[int] | None]:
-        """OpenAI's prompt forms: a string, [string], token ids, or [token ids]; one prompt only."""
+    def prompts_of(prompt) -> list[tuple[str | None, list[int] | None]]:
+        """OpenAI's prompt forms: a string, token ids, or a list of either (a batch of prompts)."""
         if isinstance(prompt, str):
-            return prompt, None
-        if len(prompt) == 1 and isinstance(prompt[0], (str, list)):
-            prompt = prompt[0]
-            return (prompt, None) if isinstance(prompt, str) else (None, prompt)
-        if prompt and all(isinstance(x, list) or isinstance(x, str) for x in prompt):
-            raise unsupported("prompt", "several prompts in one request are not supported; send one per request")
-        return None, prompt      # token ids; the engine checks them
+            return [(prompt, None)]
+        if prompt and all(isinstance(x, (str, list)) for x in prompt):
+            if len(prompt) > MAX_PROMPTS:
+                raise BadRequest(f"{len(prompt)} prompts in one request; the limit is {MAX_PROMPTS}",
+                                 code="invalid_prompt", param="prompt")
+            return [(x, None) if isinstance(x, str) else (None, x) for x in prompt]
+        return [(None, prompt)]      # token ids; the engine checks them
 
 
-def openai_usage(res) -> dict:
-    u = usage_json(res)
-    cached = u.pop("cached_tokens")
-    u["prompt_tokens_details"] = {"cached_tokens": cached}
-    return u
+class _CompletionLogprobs:
+    """A completion choice's ``logprobs`` object (prompt tokens first, with ``echo``), built as tokens come."""
+
+    def __init__(self, handler: _OpenAIHandler, top: int):
+        self.h = handler
+        self.top = top
+        self.offset = 0
+        self.whole = {"tokens": [], "token_logprobs": [], "top_logprobs": [] if top else None, "text_offset": []}
+
+    def _append(self, part: dict, token: int, lp: float | None, tops: dict | None, text: str) -> None:
+        part["tokens"].append(self.h.token_text(token))
+        part["token_logprobs"].append(lp)
+        part["text_offset"].append(self.offset)
+        if part["top_logprobs"] is not None:
+            part["top_logprobs"].append(tops)
+        self.offset += len(text)
+
+    def _new(self) -> dict:
+        return {"tokens": [], "token_logprobs": [], "top_logprobs": [] if self.top else None, "text_offset": []}
+
+    def _merge(self, part: dict) -> dict:
+        for k, v in part.items():
+            if v is not None:
+                self.whole[k].extend(v)
+        return part
+
+    def prompt(self, tokens: list[int], scores) -> dict:
+        """The prompt's tokens: the first has no logprob (nothing comes before it)."""
+        part = self._new()
+        for k, tok in enumerate(tokens):
+            text = self.h.token_text(tok)
+            if k == 0 or scores is None or k - 1 >= len(scores):
+                self._append(part, tok, None, None, text)
+                continue
+            lp, tops = scores[k - 1]
+            self._append(part, tok, finite(lp), {self.h.token_text(t): finite(v) for t, v in tops}, text)
+        return self._merge(part)
+
+    def add(self, evs) -> dict:
+        part = self._new()
+        for ev in evs:
+            if ev.token >= 0:
+                self._append(part, ev.token, finite(ev.logprob),
+                             {self.h.token_text(t): logprob_of(pr) for t, pr in ev.top or ()}, ev.text)
+            else:
+                self.offset += len(ev.text)
+        return self._merge(part)
 
 
-class ModelsHandler(APIHandler):
+class ModelsHandler(OpenAIErrors, APIHandler):
     """``GET v1/models``: the served model, if the caller's quota allows it."""
 
     async def get(self) -> None:

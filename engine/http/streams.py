@@ -35,37 +35,43 @@ _TOKEN_ID = re.compile(r"-?\d{1,10}")
 
 
 class GenerationEvents:
-    """A generation's events, moved from the batch-loop thread onto the IOLoop, in order."""
+    """The events of one or more choices, moved from the batch-loop thread onto the IOLoop, in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, choices: int = 1) -> None:
         self._loop = IOLoop.current()
-        self._arrived: deque[GenEvent | None] = deque()
+        self._arrived: deque[tuple[int, GenEvent | None]] = deque()
         self._wake = asyncio.Event()
+        self._open = choices
 
-    def push(self, ev: GenEvent | None) -> None:
+    def push(self, i: int, ev: GenEvent | None) -> None:
         """The listener: runs on the batch-loop thread, so it only schedules."""
-        self._loop.add_callback(self._arrive, ev)
+        self._loop.add_callback(self._arrive, i, ev)
 
-    def _arrive(self, ev: GenEvent | None) -> None:
-        self._arrived.append(ev)
+    def _arrive(self, i: int, ev: GenEvent | None) -> None:
+        self._arrived.append((i, ev))
         self._wake.set()
 
-    async def batches(self) -> AsyncIterator[list[GenEvent]]:
-        """Lists of the events that arrived together (one write per list), until the end."""
-        while True:
+    async def choice_batches(self) -> AsyncIterator[list[tuple[int, GenEvent | None]]]:
+        """Lists of (choice, event) that arrived together (one write per list); a choice's end is
+        (choice, None). Ends when every choice has ended."""
+        while self._open:
             await self._wake.wait()
             self._wake.clear()
-            batch, done = [], False
+            batch = []
             while self._arrived:
-                ev = self._arrived.popleft()
+                i, ev = self._arrived.popleft()
+                batch.append((i, ev))
                 if ev is None:
-                    done = True
-                    break
-                batch.append(ev)
+                    self._open -= 1
             if batch:
                 yield batch
-            if done:
-                return
+
+    async def batches(self) -> AsyncIterator[list[GenEvent]]:
+        """The events of a single choice, in lists that arrived together, until its end."""
+        async for batch in self.choice_batches():
+            evs = [ev for _, ev in batch if ev is not None]
+            if evs:
+                yield evs
 
 
 def check_model(engine, name: str | None) -> None:
@@ -78,7 +84,8 @@ def check_model(engine, name: str | None) -> None:
 
 def build_sampler(p: dict) -> Sampler:
     """A ``Sampler`` from checked request fields (ranges are checked by ``Sampler.validate``)."""
-    kw = {k: p[k] for k in ("temperature", "top_k", "top_p", "min_p", "seed", "top_logprobs") if k in p}
+    kw = {k: p[k] for k in ("temperature", "top_k", "top_p", "min_p", "seed", "top_logprobs", "presence_penalty",
+                            "frequency_penalty", "repetition_penalty") if k in p}
     if "logit_bias" in p:
         bias = {}
         for key, value in p["logit_bias"].items():
@@ -110,10 +117,14 @@ def sse(data, event: str | None = None) -> str:
 
 
 class GenerationHandler(APIHandler):
-    """A handler that runs one generation for the caller and follows it to the end."""
+    """A handler that runs generations (one, or the choices of one request) and follows them to the end."""
 
-    generation: Generation | None = None
+    generations: list[Generation] = []
     client_gone = False
+
+    @property
+    def generation(self) -> Generation | None:
+        return self.generations[0] if self.generations else None
 
     async def start_generation(self, default_max_tokens: int, **kwargs) -> tuple[Generation, GenerationEvents]:
         """Start ``engine.generate(**kwargs)`` as the caller's tenant, its events bound for the IOLoop.
@@ -121,23 +132,48 @@ class GenerationHandler(APIHandler):
         Without ``max_tokens`` the engine uses ``default_max_tokens`` capped by the tenant's
         ``max_tokens_per_request``, so leaving it out never hits that quota.
         """
-        events = GenerationEvents()
-        ident, engine = self.identity, self.engine
+        gens, events = await self.start_choices(default_max_tokens, [kwargs])
+        return gens[0], events
 
-        def start() -> Generation:
+    async def start_choices(self, default_max_tokens: int, requests: list[dict]) -> tuple[list[Generation],
+                                                                                          GenerationEvents]:
+        """Start ``engine.generate_choices(**r)`` for each request dict (each may ask ``n`` choices).
+
+        The choices are numbered in order across the requests (OpenAI's ``index``); their events
+        arrive on one ``GenerationEvents``. If one request is refused, those already started are
+        cancelled and the refusal is raised.
+        """
+        counts = [r.get("n", 1) for r in requests]
+        events = GenerationEvents(sum(counts))
+        ident, engine = self.identity, self.engine
+        self.generations = []
+
+        def start() -> list[Generation]:
             # One trip off the IOLoop: resolving the tenant and starting wait on the batch loop alike.
             t = engine.tenant(ident.tenant, ident.groups, ident.is_admin)
-            return engine.generate(t, listener=events.push, default_max_tokens=default_max_tokens, **kwargs)
+            started: list[Generation] = []
+            base = 0
+            try:
+                for r, n in zip(requests, counts):
+                    started += engine.generate_choices(
+                        t, listener=lambda i, ev, base=base: events.push(base + i, ev),
+                        default_max_tokens=default_max_tokens, **r)
+                    base += n
+            except BaseException:
+                for g in started:
+                    g.cancel()
+                raise
+            return started
 
-        self.generation = await self.blocking(start)
+        self.generations = await self.blocking(start)
         if self.client_gone:
             self.cancel_generation()
-        return self.generation, events
+        return self.generations, events
 
     def cancel_generation(self) -> None:
-        g = self.generation
-        if g is not None and not g.done:
-            self.release(g.cancel)   # waits on the batch loop: never on the IOLoop, never behind my own flood
+        for g in self.generations:
+            if not g.done:
+                self.release(g.cancel)   # waits on the batch loop: never on the IOLoop, never behind my own flood
 
     def on_connection_close(self) -> None:
         super().on_connection_close()
@@ -146,11 +182,10 @@ class GenerationHandler(APIHandler):
 
     def on_finish(self) -> None:
         super().on_finish()
-        g = self.generation
-        if g is not None:
+        for g in self.generations:
             self.service.metrics.generation_finished(g.tenant, g.finish_reason or "cancelled")
-            # A handler that ended early (an error while writing) must not leave its generation running.
-            self.cancel_generation()
+        # A handler that ended early (an error while writing) must not leave its generations running.
+        self.cancel_generation()
 
     def begin_stream(self) -> None:
         self.set_header("Content-Type", "text/event-stream; charset=utf-8")

@@ -79,8 +79,9 @@ def test_openai_client_errors_are_typed(oai, engine_proc):
         oai.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=2)
     assert e.value.body["code"] == "model_not_found"
     with pytest.raises(openai.BadRequestError) as e:
-        oai.chat.completions.create(model="default", messages=MESSAGES, max_tokens=2, n=2)
-    assert e.value.body["code"] == "unsupported_parameter" and e.value.body["param"] == "n"
+        oai.chat.completions.create(model="default", messages=MESSAGES, max_tokens=2, audio={"voice": "x"})
+    assert e.value.body["code"] == "unsupported_parameter" and e.value.body["param"] == "audio"
+    assert e.value.body["type"] == "invalid_request_error"
     bad = openai.OpenAI(base_url=engine_proc.url + "/v1", api_key="not-a-token", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
