@@ -30,7 +30,6 @@ from traitlets import Bool, Float, Integer, TraitError, Type, Unicode, default
 from traitlets.config import Application, catch_config_error
 
 from . import __version__
-from .auth import Authenticator, HubAuthenticator, TokenAuthenticator
 from .config import EngineConfig
 
 log = logging.getLogger("potluck.engine")
@@ -171,6 +170,7 @@ class PotluckEngine(PotluckApp, EngineConfig):
 
     @property
     def classes(self):
+        from .auth import HubAuthenticator, TokenAuthenticator
         auth = [TokenAuthenticator, HubAuthenticator]
         return [PotluckApp, PotluckEngine, *auth] + ([self.authenticator_class]
                                                      if self.authenticator_class not in auth else [])
@@ -213,7 +213,7 @@ class PotluckEngine(PotluckApp, EngineConfig):
 
     # ------------------------------------------------------------ the service
     authenticator_class = Type(
-        klass=Authenticator,
+        klass="potluck.engine.auth.Authenticator",
         help="""How a request's token becomes a tenant: TokenAuthenticator checks standalone tokens
         from `potluck token create`; HubAuthenticator asks the JupyterHub (the tenant is the hub user).
         Default: HubAuthenticator when run as a Hub service ($JUPYTERHUB_SERVICE_PREFIX and
@@ -223,7 +223,9 @@ class PotluckEngine(PotluckApp, EngineConfig):
     @default("authenticator_class")
     def _default_authenticator_class(self):
         if running_as_hub_service():
+            from .auth import HubAuthenticator
             return HubAuthenticator
+        from .auth import TokenAuthenticator
         return TokenAuthenticator
 
     max_body_size = Integer(
@@ -313,6 +315,7 @@ class PotluckEngine(PotluckApp, EngineConfig):
         if self.start_error is not None:
             log.critical("the engine could not start: %s", self.start_error)
             return await serve_failure(self, self.start_error)
+        from .auth import TokenAuthenticator
         if running_as_hub_service() and self.authenticator_class is TokenAuthenticator:
             log.warning("running as a JupyterHub service, but Hub authentication is not configured: "
                         "only tokens from `potluck token create` are accepted")
@@ -384,8 +387,21 @@ class TokenRevoke(PotluckApp):
         print(f"Revoked {n} token{'s' if n != 1 else ''} of {name!r}")
 
 
+# What `jupyter-potluck[engine]` adds to the light user-side install (their import names).
+ENGINE_MODULES = {"torch", "transformers", "gguf", "accelerate", "safetensors", "numpy", "sqlalchemy",
+                  "prometheus_client", "wasmtime", "componentize_py", "jupyterhub"}
+
+
 def main(argv=None) -> None:
-    PotluckApp.launch_instance(argv)
+    try:
+        PotluckApp.launch_instance(argv)
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in ENGINE_MODULES:
+            raise
+        # A light install (a user image): one line that says what to install, not a traceback.
+        print(f"potluck: the engine's dependencies are not installed ({e.name} is missing): "
+              "pip install 'jupyter-potluck[engine]'", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

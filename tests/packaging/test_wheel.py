@@ -95,3 +95,8 @@ def test_the_light_wheel_installs_without_torch_and_jupyterlab_lists_it(wheel, t
     assert "potluck" in sh(bindir / "jupyter", "kernelspec", "list", env=env).split()
     server = sh(bindir / "jupyter", "server", "extension", "list", env=env)
     assert any("potluck.jupyter_ext" in ln and "enabled" in ln for ln in server.splitlines()), server
+    # The engine's command says what to install, in one line, rather than a traceback.
+    cli = subprocess.run([bindir / "potluck", "token", "list"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert cli.returncode == 1 and cli.stderr.strip().splitlines() == [
+        f"potluck: the engine's dependencies are not installed ({cli.stderr.split('(')[1].split(' ')[0]} is missing): "
+        "pip install 'jupyter-potluck[engine]'"], cli.stderr
