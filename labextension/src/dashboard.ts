@@ -11,28 +11,21 @@
  * elsewhere they are shown read-only, with where to edit them.
  */
 
+import { chartFigure, drawChart } from './chart';
 import { el, section, setText, syncRows, table, td } from './dom';
 import { canEditGroup } from './groupquota';
 import {
-  bucketCount,
-  formatTick,
+  historyPath,
+  historyRefreshMs,
   IRange,
-  ISeries,
   IUsageHistory,
-  linePath,
   Metric,
   METRIC_LABELS,
-  niceMax,
   parseUsageHistory,
   RANGES,
   rangeOf,
-  historyPath,
-  historyRefreshMs,
-  seriesColor,
-  timeTicks,
   topSeries,
-  total,
-  yTicks
+  total
 } from './history';
 import {
   DEFAULT_RUN_STATES,
@@ -56,20 +49,13 @@ import {
   QUOTA_FIELDS,
   QuotaValue,
   quotaInputText,
-  quotaOverrideFromForm,
   quotaSourceLabel,
   quotaSourceSummary,
   runEnded,
   usageLevel,
   worstLevel
 } from './model';
-
-const SVG = 'http://www.w3.org/2000/svg';
-const CHART_W = 560;
-const CHART_H = 160;
-const AXIS_LEFT = 48;
-const AXIS_BOTTOM = 20;
-const PAD_RIGHT = 24;      // room for the last time label
+import { quotaForm } from './quotaform';
 
 /** Group quota edits through the Hub's API, with the admin's own token (the engine's page). */
 export interface IHubGroups {
@@ -87,14 +73,6 @@ export interface IDashboardOptions {
   enginePageUrl?: string | null;
   /** Group edits through the Hub (the engine's page under a Hub); none: groups are read-only here. */
   hubGroups?: IHubGroups | null;
-}
-
-function svg<K extends keyof SVGElementTagNameMap>(tag: K, attrs: { [k: string]: string | number } = {}): SVGElementTagNameMap[K] {
-  const e = document.createElementNS(SVG, tag);
-  for (const k of Object.keys(attrs)) {
-    e.setAttribute(k, String(attrs[k]));
-  }
-  return e;
 }
 
 export class Dashboard {
@@ -137,8 +115,8 @@ export class Dashboard {
 
     const charts = section('jp-PotluckDash-charts', 'Usage over time');
     const row = el('div', 'jp-PotluckDash-chartRow');
-    this._userChart = this._figure('users', 'per user');
-    this._groupChart = this._figure('groups', 'per group');
+    this._userChart = chartFigure('users', 'per user');
+    this._groupChart = chartFigure('groups', 'per group');
     row.append(this._userChart, this._groupChart);
     charts.appendChild(row);
     node.appendChild(charts);
@@ -235,17 +213,6 @@ export class Dashboard {
 
   // ------------------------------------------------------------ charts
 
-  private _figure(kind: string, caption: string): HTMLElement {
-    const f = el('figure', 'jp-PotluckDash-chart');
-    f.dataset.kind = kind;
-    f.appendChild(el('figcaption', 'jp-PotluckDash-caption', caption));
-    const s = svg('svg', { viewBox: `0 0 ${CHART_W + AXIS_LEFT + PAD_RIGHT} ${CHART_H + AXIS_BOTTOM + 6}`, role: 'img' });
-    s.classList.add('jp-PotluckDash-svg');
-    f.appendChild(s);
-    f.appendChild(el('ul', 'jp-PotluckDash-legend'));
-    return f;
-  }
-
   private _renderCharts(): void {
     const h = this._history;
     if (!h) {
@@ -257,59 +224,11 @@ export class Dashboard {
     for (const g of Object.keys(h.groups)) {
       groups[g] = h.groups[g].points;
     }
-    this._drawChart(this._userChart, topSeries(h.users, h, metric), h, `${METRIC_LABELS[metric]} per ${per}, per user`,
+    drawChart(this._userChart, topSeries(h.users, h, metric), h, `${METRIC_LABELS[metric]} per ${per}, per user`,
       'No usage in this range.');
-    this._drawChart(this._groupChart, topSeries(groups, h, metric), h, `${METRIC_LABELS[metric]} per ${per}, per group`,
+    drawChart(this._groupChart, topSeries(groups, h, metric), h, `${METRIC_LABELS[metric]} per ${per}, per group`,
       Object.keys(h.groups).length ? 'No group usage in this range.'
         : 'No Hub groups seen (a standalone engine has none; under a Hub, members appear once they use the engine).');
-  }
-
-  private _drawChart(fig: HTMLElement, series: ISeries[], h: IUsageHistory, caption: string, empty: string): void {
-    setText(fig.querySelector('figcaption'), caption);
-    const s = fig.querySelector('svg') as SVGSVGElement;
-    s.textContent = '';
-    s.setAttribute('aria-label', caption);
-    const max = niceMax(Math.max(0, ...series.map(x => Math.max(...x.values))));
-    const plot = svg('g', { transform: `translate(${AXIS_LEFT},4)` });
-    for (const v of yTicks(max)) {
-      const y = CHART_H - (v / max) * CHART_H;
-      plot.appendChild(svg('line', { x1: 0, x2: CHART_W, y1: y, y2: y, class: 'jp-PotluckDash-grid' }));
-      const label = svg('text', { x: -4, y: y + 4, 'text-anchor': 'end', class: 'jp-PotluckDash-tick' });
-      label.textContent = series.length ? formatTick(v) : '';
-      plot.appendChild(label);
-    }
-    const count = bucketCount(h.since, h.until, h.bucketSeconds);
-    for (const t of timeTicks(h)) {
-      const x = count > 1 ? (t.index / (count - 1)) * CHART_W : 0;
-      const label = svg('text', { x, y: CHART_H + 16, 'text-anchor': 'middle', class: 'jp-PotluckDash-tick' });
-      label.textContent = t.label;
-      plot.appendChild(label);
-    }
-    series.forEach((x, i) => {
-      const path = svg('path', { d: linePath(x.values, CHART_W, CHART_H, max), stroke: seriesColor(x, i),
-        class: 'jp-PotluckDash-line', 'data-series': x.name, 'data-total': x.total });
-      const title = svg('title');
-      title.textContent = `${x.name}: ${formatCompact(x.total)} in this range`;
-      path.appendChild(title);
-      plot.appendChild(path);
-    });
-    if (!series.length) {
-      const t = svg('text', { x: CHART_W / 2, y: CHART_H / 2, 'text-anchor': 'middle', class: 'jp-PotluckDash-empty' });
-      t.textContent = empty;
-      plot.appendChild(t);
-    }
-    s.appendChild(plot);
-    const legend = fig.querySelector('ul') as HTMLUListElement;
-    legend.textContent = '';
-    series.forEach((x, i) => {
-      const li = el('li', 'jp-PotluckDash-legendItem');
-      li.dataset.series = x.name;
-      const swatch = el('span', 'jp-PotluckDash-swatch');
-      swatch.style.background = seriesColor(x, i);
-      li.append(swatch, el('span', 'jp-PotluckDash-seriesName', x.name),
-        el('span', 'jp-PotluckDash-seriesTotal', formatCompact(x.total)));
-      legend.appendChild(li);
-    });
   }
 
   // ------------------------------------------------------------ users
@@ -364,77 +283,48 @@ export class Dashboard {
   /** The quota override form for one user: a field per quota value, blank = from defaults and groups. */
   private _openQuotaForm(name: string): void {
     const host = this._formHost;
-    host.textContent = '';
     const t = this._tenants.find(x => x.name === name);
-    const form = el('form', 'jp-Potluck-quotaForm');
-    form.dataset.tenant = name;
-    form.appendChild(el('h4', 'jp-Potluck-subheading', `Quota override for ${name}`));
-    form.appendChild(el('p', 'jp-Potluck-hint',
-      'Blank: the value comes from the defaults and groups. "none": no limit. Saving replaces the whole override.'));
-    const inputs: { [field: string]: HTMLInputElement } = {};
-    const grid = el('div', 'jp-Potluck-formGrid');
+    const path = `admin/quotas/users/${encodeURIComponent(name)}`;
     // The engine's newer numeric fields too (its quota may have more than this frontend knows).
     const extra = Object.keys(t?.quota || {}).filter(f => QUOTA_FIELDS.indexOf(f) < 0 && !Array.isArray(t!.quota![f]));
-    for (const f of EDITABLE_QUOTA_FIELDS.concat(['models'], extra)) {
-      const label = el('label', 'jp-Potluck-formLabel', f);
-      const input = el('input', 'jp-mod-styled jp-Potluck-formInput');
-      input.name = f;
-      input.type = 'text';
-      input.value = quotaInputText(t?.override?.[f]);
-      const eff = t?.quota?.[f];
-      input.placeholder = eff === undefined ? '' : `${formatQuotaValue(f, eff)} (${quotaSourceLabel(t?.quotaSource?.[f])})`;
-      label.htmlFor = input.id = `potluck-dash-quota-${f}`;
-      inputs[f] = input;
-      grid.append(label, input);
-    }
-    form.appendChild(grid);
-    const msg = el('div', 'jp-Potluck-formError');
-    const save = el('button', 'jp-Button jp-mod-styled jp-mod-accept jp-Potluck-saveQuota', 'Save');
-    save.type = 'submit';
-    const clear = el('button', 'jp-Button jp-mod-styled jp-mod-warn jp-Potluck-clearQuota', 'Reset');
-    clear.title = 'Remove the override: every value from the defaults and groups again';
-    clear.type = 'button';
-    const close = el('button', 'jp-Button jp-mod-styled jp-mod-reject jp-Potluck-closeQuota', 'Close');
-    close.type = 'button';
-    const buttons = el('div', 'jp-Potluck-formButtons');
-    buttons.append(save, clear, close);
-    form.append(msg, buttons);
-    const path = `admin/quotas/users/${encodeURIComponent(name)}`;
-    form.addEventListener('submit', (e: Event) => {
-      e.preventDefault();
-      const texts: { [field: string]: string } = {};
-      for (const f of Object.keys(inputs)) {
-        texts[f] = inputs[f].value;
-      }
-      let body;
-      try {
-        body = quotaOverrideFromForm(texts);
-      } catch (err) {
-        setText(msg, (err as Error).message);
-        return;
-      }
-      void this._act(save, async () => {
+    const form = quotaForm({
+      cls: '',
+      data: { tenant: name },
+      title: `Quota override for ${name}`,
+      hint: 'Blank: the value comes from the defaults and groups. "none": no limit. Saving replaces the whole override.',
+      fields: EDITABLE_QUOTA_FIELDS.concat(['models'], extra),
+      value: f => quotaInputText(t?.override?.[f]),
+      placeholder: f => {
+        const eff = t?.quota?.[f];
+        return eff === undefined ? '' : `${formatQuotaValue(f, eff)} (${quotaSourceLabel(t?.quotaSource?.[f])})`;
+      },
+      idPrefix: 'potluck-dash-quota',
+      saveLabel: 'Save',
+      saveCls: 'jp-Potluck-saveQuota',
+      save: async body => {
         await this.options.requester.request(path, 'PUT', body);
         host.textContent = '';
-      });
-    });
-    clear.addEventListener('click', () =>
-      void this._act(clear, async () => {
-        try {
-          await this.options.requester.request(path, 'DELETE');
-        } catch (e) {
-          if (!(e instanceof PotluckError && e.status === 404)) {
-            throw e;
+      },
+      reset: {
+        title: 'Remove the override: every value from the defaults and groups again',
+        action: async () => {
+          try {
+            await this.options.requester.request(path, 'DELETE');
+          } catch (e) {
+            if (!(e instanceof PotluckError && e.status === 404)) {
+              throw e;
+            }
           }
+          host.textContent = '';
         }
-        host.textContent = '';
-      }));
-    close.addEventListener('click', () => {
-      host.textContent = '';
+      },
+      act: (b, action) => this._act(b, action),
+      close: () => (host.textContent = '')
     });
+    host.textContent = '';
     host.appendChild(form);
     form.scrollIntoView({ block: 'nearest' });
-    inputs[EDITABLE_QUOTA_FIELDS[0]].focus();
+    (form.querySelector('input') as HTMLInputElement).focus();
   }
 
   // ------------------------------------------------------------ groups
@@ -503,57 +393,28 @@ export class Dashboard {
   /** A group's quota form: blank = the group does not set the field (defaults or other groups decide). */
   private _openGroupForm(name: string): void {
     const host = this._groupFormHost;
-    host.textContent = '';
     const g = this._history?.groups[name];
-    const form = el('form', 'jp-Potluck-quotaForm jp-PotluckDash-groupForm');
-    form.dataset.group = name;
-    form.appendChild(el('h4', 'jp-Potluck-subheading', `Quota of group ${name} (in the Hub)`));
-    form.appendChild(el('p', 'jp-Potluck-hint',
-      'Blank: this group does not set the field. "none": no limit. Saving replaces the group\'s whole quota; ' +
-      'its other properties are kept.'));
-    const inputs: { [field: string]: HTMLInputElement } = {};
-    const grid = el('div', 'jp-Potluck-formGrid');
-    for (const f of EDITABLE_QUOTA_FIELDS.concat(['models'])) {
-      const label = el('label', 'jp-Potluck-formLabel', f);
-      const input = el('input', 'jp-mod-styled jp-Potluck-formInput');
-      input.name = f;
-      input.type = 'text';
-      input.value = quotaInputText(g?.quota?.[f] as QuotaValue | undefined);
-      label.htmlFor = input.id = `potluck-dash-group-${f}`;
-      inputs[f] = input;
-      grid.append(label, input);
-    }
-    form.appendChild(grid);
-    const msg = el('div', 'jp-Potluck-formError');
-    const save = el('button', 'jp-Button jp-mod-styled jp-mod-accept jp-PotluckDash-saveGroup', 'Save in the Hub');
-    save.type = 'submit';
-    const close = el('button', 'jp-Button jp-mod-styled jp-mod-reject jp-Potluck-closeQuota', 'Close');
-    close.type = 'button';
-    const buttons = el('div', 'jp-Potluck-formButtons');
-    buttons.append(save, close);
-    form.append(msg, buttons);
-    form.addEventListener('submit', (e: Event) => {
-      e.preventDefault();
-      const texts: { [field: string]: string } = {};
-      for (const f of Object.keys(inputs)) {
-        texts[f] = inputs[f].value;
-      }
-      let body: { [field: string]: QuotaValue };
-      try {
-        body = quotaOverrideFromForm(texts);
-      } catch (err) {
-        setText(msg, (err as Error).message);
-        return;
-      }
-      void this._act(save, async () => {
+    const form = quotaForm({
+      cls: 'jp-PotluckDash-groupForm',
+      data: { group: name },
+      title: `Quota of group ${name} (in the Hub)`,
+      hint: 'Blank: this group does not set the field. "none": no limit. Saving replaces the group\'s whole quota; ' +
+        'its other properties are kept.',
+      fields: EDITABLE_QUOTA_FIELDS.concat(['models']),
+      value: f => quotaInputText(g?.quota?.[f] as QuotaValue | undefined),
+      placeholder: () => 'not set by this group',
+      idPrefix: 'potluck-dash-group',
+      saveLabel: 'Save in the Hub',
+      saveCls: 'jp-PotluckDash-saveGroup',
+      save: async body => {
         await this.options.hubGroups!.setQuota(name, body);
         host.textContent = '';
         this._groupSaved = `Saved the quota of group ${name} in the Hub; members get it at their next request.`;
-      });
+      },
+      act: (b, action) => this._act(b, action),
+      close: () => (host.textContent = '')
     });
-    close.addEventListener('click', () => {
-      host.textContent = '';
-    });
+    host.textContent = '';
     host.appendChild(form);
     form.scrollIntoView({ block: 'nearest' });
   }
