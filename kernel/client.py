@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -37,6 +36,8 @@ from urllib.parse import quote, urlparse
 import requests
 
 from potluck.engine.protocol import CANCELLED, DONE_STATES, FAILED, FINISHED, QUEUED
+
+from .progress import Progress, in_kernel
 
 DEFAULT_URL = "http://127.0.0.1:8765/"
 
@@ -215,54 +216,6 @@ class RunResult:
         return self.state == FINISHED
 
 
-class Progress:
-    """A one-line note in the notebook while a long call runs ("generating... 120 tokens").
-
-    Shown only in a kernel, only once the call has taken ``delay`` seconds, and
-    removed when it ends, so quick calls print nothing extra.
-    """
-
-    def __init__(self, label: str, delay: float = 1.0):
-        self.label = label
-        self.text = label
-        self.delay = delay
-        self.started = time.monotonic()
-        self.handle = None
-        self.shown_at = 0.0
-        self.enabled = _in_kernel()
-
-    def update(self, text: str) -> None:
-        self.text = text
-        if not self.enabled:
-            return
-        now = time.monotonic()
-        if now - self.started < self.delay or now - self.shown_at < 0.25:
-            return
-        self.shown_at = now
-        from IPython.display import display
-        data = {"text/plain": f"\u23f3 {text}"}
-        if self.handle is None:
-            self.handle = display(data, raw=True, display_id=True)
-        else:
-            self.handle.update(data, raw=True)
-
-    def __enter__(self) -> "Progress":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.handle is not None:
-            self.handle.update({"text/plain": ""}, raw=True)
-
-
-def _in_kernel() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    ip = get_ipython()
-    return ip is not None and getattr(ip, "kernel", None) is not None
-
-
 class Client:
     """The engine's HTTP API as Python calls. One per kernel is plenty (``potluck.kernel.client.default``)."""
 
@@ -340,7 +293,7 @@ class Client:
     def generate(self, prompt: str | None = None, *, messages: list[dict] | None = None, context: str | None = None,
                  max_tokens: int | None = None, temperature: float | None = None, **params) -> Completion:
         """Generate from a prompt, chat messages, or continuing a saved context (``context=name``)."""
-        if not _in_kernel():
+        if not in_kernel():
             body = self._generate_body(prompt, messages, context, dict(params, max_tokens=max_tokens,
                                                                         temperature=temperature))
             return Completion.of(self.request("POST", "api/generate", json=body).json())
