@@ -347,8 +347,8 @@ class RunImports:
 
     @staticmethod
     def _key(key: str) -> str:
-        if not key or len(key) > MAX_KEY:
-            raise Refused(f"a key is 1 to {MAX_KEY} characters")
+        if not key or len(key) > MAX_KEY or "\x00" in key:
+            raise Refused(f"a key is 1 to {MAX_KEY} characters, without NUL")
         return key
 
     @host_call("kv.get", TAGGED)
@@ -369,6 +369,8 @@ class RunImports:
 
     @host_call("kv.keys")
     def kv_keys(self, prefix: str) -> list[str]:
+        if len(prefix) > MAX_KEY or "\x00" in prefix:
+            raise Refused(f"a key prefix is at most {MAX_KEY} characters, without NUL")
         return self._kv().kv_keys(self.tenant, prefix)
 
     # ------------------------------------------------------------- runtime

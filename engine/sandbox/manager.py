@@ -106,9 +106,9 @@ class RunManager:
         if not isinstance(args, dict):
             raise BadRequest("args must be a JSON object", code="invalid_args")
         try:
-            args_json = json.dumps(args)
+            args_json = json.dumps(args, allow_nan=False)
         except (TypeError, ValueError):
-            raise BadRequest("args must be JSON-serialisable", code="invalid_args") from None
+            raise BadRequest("args must be plain JSON (no NaN or Infinity)", code="invalid_args") from None
         if len(args_json) > MAX_ARGS_BYTES:
             raise RequestTooLarge("args_bytes", MAX_ARGS_BYTES, f"args are at most {MAX_ARGS_BYTES >> 10} KB of JSON")
         quota = self.port.quota(tenant)
