@@ -176,18 +176,13 @@ class OAuthCallback(_HubOAuth, HubOAuthCallbackHandler):
 class DashboardAsset(_PageHandler):
     """``GET dashboard/potluck-dashboard.{js,css}``: the bundle (public: it is code, no data)."""
 
-    _cache: dict[str, bytes] = {}
-
     async def get(self, name: str) -> None:
         if name not in ASSETS:
             raise web.HTTPError(404, f"no such file: {name}")
-        body = self._cache.get(name)
-        if body is None:
-            path = find_asset(name)
-            if path is None:
-                raise web.HTTPError(404, NOT_BUILT)
-            body = path.read_bytes()
-            self._cache[name] = body
+        path = find_asset(name)
+        if path is None:
+            raise web.HTTPError(404, NOT_BUILT)
+        body = path.read_bytes()      # ~25 KB, read per page load: a rebuild shows without a restart
         kind = "text/javascript" if name.endswith(".js") else "text/css"
         self.set_header("Content-Type", f"{kind}; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
