@@ -223,7 +223,7 @@ async function main() {
     await apage.goto(cfg.admin_url, { waitUntil: 'domcontentloaded', timeout: T });
     await apage.locator('#potluck-status').waitFor({ state: 'visible', timeout: T });
     // A second user generates now, so the dashboard has two users' usage over time to show.
-    await ask('two_users_used_it');
+    const { run_id: otherRun } = await ask('two_users_used_it');
 
     step = 'the launcher offers the dashboard to an admin';
     const card = apage.locator('.jp-LauncherCard', { hasText: 'Potluck Admin Dashboard' });
@@ -262,6 +262,17 @@ async function main() {
     observed.source_cell_after_edit = (await trow.locator('.jp-PotluckDash-tenantSource').innerText()).trim();
     observed.dashboard_errors = await dash.locator('.jp-PotluckDash-error:visible').allInnerTexts();
     await ask('quota_edited', { tenant: target });
+
+    step = "the dashboard: cancel another user's run";
+    const runRowAdmin = dash.locator(`.jp-PotluckDash-runs tr[data-admin-run="${target}/${otherRun}"]`);
+    await runRowAdmin.waitFor({ state: 'visible', timeout: T });
+    await runRowAdmin.locator('button.jp-Potluck-adminCancel').click();
+    observed.admin_cancelled_state = await waitFor(`${target}'s run to show cancelled`, async () => {
+      const st = (await runRowAdmin.locator('.jp-PotluckDash-runState').innerText()).trim();
+      return st === 'cancelled' ? st : null;
+    }, 30000);
+    observed.admin_cancel_buttons_after = await runRowAdmin.locator('button.jp-Potluck-adminCancel').count();
+    await ask('run_cancelled_by_admin', { run_id: otherRun });
     await ctxAdmin.close();
 
     // ------------------------------------------------------------ the engine's own page, in a plain browser

@@ -15,8 +15,9 @@ where this test acts on the engine or checks the engine's own view:
 - a context saved through the engine is listed, and the panel's delete removes it;
 - the user sees no admin view and no dashboard in the launcher; the admin gets a launcher item
   and a panel button that open the admin dashboard in the main area, which plots two users'
-  usage over time (one line each, from ``GET /api/admin/usage``), and a quota edited there is
-  the engine's override (checked through the engine's API);
+  usage over time (one line each, from ``GET /api/admin/usage``); a quota edited there is the
+  engine's override, and another user's run cancelled there is cancelled (both checked through
+  the engine's API);
 - the engine's own dashboard page (its base URL, a plain browser with an admin's token) plots
   the same two users; with a user's token it says "admins only" and plots nothing;
 - with the engine stopped, the panel says "engine unreachable: <reason>", not "No inferlet runs
@@ -258,6 +259,19 @@ def test_lab_in_chromium(engine, labs):
             r = user2.post("/api/generate", json={"prompt": prompt, "max_tokens": 6})
             assert r.status_code == 200, r.text
         seen["user2_tokens"] = sum(user2.get("/api/me").json()["usage"][k] for k in ("prefill_tokens", "decode_tokens"))
+        # A run of USER2's that only sleeps (no tokens: the chart's numbers stay as counted), for the
+        # admin to cancel from the dashboard.
+        r = user2.post("/api/runs", json={"source": "import time\nwhile True:\n    time.sleep(0.5)\n"})
+        assert r.status_code in (200, 201, 202), r.text
+        seen["user2_run"] = r.json()["id"]
+        return {"run_id": seen["user2_run"]}
+
+    def at_run_cancelled_by_admin(msg):
+        deadline = time.monotonic() + 30
+        while (info := engine.client(USER2).get(f"/api/runs/{msg['run_id']}").json())["state"] != "cancelled" \
+                and time.monotonic() < deadline:
+            time.sleep(0.3)
+        assert info["state"] == "cancelled", info
 
     def at_quota_edited(msg):
         r = engine.client(ADMIN, admin=True).get(f"/api/admin/quotas/users/{msg['tenant']}")
@@ -270,7 +284,8 @@ def test_lab_in_chromium(engine, labs):
 
     handlers = {"status_before": at_status_before, "run_running": at_run_running,
                 "run_cancelled": at_run_cancelled, "context_deleted": at_context_deleted,
-                "two_users_used_it": at_two_users, "quota_edited": at_quota_edited, "stop_engine": at_stop_engine}
+                "two_users_used_it": at_two_users, "quota_edited": at_quota_edited, "stop_engine": at_stop_engine,
+                "run_cancelled_by_admin": at_run_cancelled_by_admin}
 
     started = time.monotonic()
     driver_log = user_lab.tmp / "driver.stderr"
@@ -349,6 +364,8 @@ def test_lab_in_chromium(engine, labs):
     assert f"/ {NEW_LIMIT}" in result["minute_cell_after_edit"], result["minute_cell_after_edit"]
     assert "user override: tokens_per_minute" in result["source_cell_after_edit"], result["source_cell_after_edit"]
     assert not result["dashboard_errors"], result["dashboard_errors"]
+    # Everyone's runs: the admin cancels USER2's run from the dashboard (the engine says cancelled).
+    assert result["admin_cancelled_state"] == "cancelled" and result["admin_cancel_buttons_after"] == 0, result
     # The engine's own page: the same two users for an admin; "admins only" and nothing for a user.
     assert result["engine_page_lines"][USER2]["total"] == seen["user2_tokens"], result["engine_page_lines"]
     assert "token=" not in result["engine_page_url_after"], "the token stayed in the address bar"
