@@ -7,6 +7,11 @@ parent folder when on disk, and WAL through ``_sqlite_pragmas``. Every concern o
 ``_session`` (one short transaction per public method, so a store may be shared by many
 threads) and ``_write`` (a read-then-write that survives a concurrent insert).
 
+Opening also migrates (``migrate``, with Alembic as JupyterHub does): a database made before
+migrations existed is stamped as the first release's schema and upgraded, a new one is created
+whole and stamped with the newest revision, and tables added since are created when missing.
+An upgrade keeps every row. Revisions live in ``migrations/versions``.
+
 A database that cannot be opened (a corrupt or locked SQLite file, a PostgreSQL server that
 refuses) is one ``StoreError`` line naming the database (password hidden) and the reason, never
 a traceback: the command line prints it and exits non-zero.
@@ -19,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -28,6 +33,10 @@ from sqlalchemy.pool import StaticPool
 from .tables import Base
 
 T = TypeVar("T")
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+FIRST_RELEASE = "0001"        # the revision whose schema databases made before migrations have
+FIRST_RELEASE_TABLE = "quota_overrides"     # a table every such database has
 
 # How long a start waits for a SQLite file another process has locked before giving up (seconds).
 SQLITE_BUSY_TIMEOUT = 5.0
@@ -65,7 +74,7 @@ class Database:
         if is_sqlite:
             event.listen(self._engine, "connect", _sqlite_pragmas)
         try:
-            Base.metadata.create_all(self._engine)
+            migrate(self._engine)
         except SQLAlchemyError as e:
             self._engine.dispose()
             raise StoreError(f"cannot open the database {where}: {_one_line(e)}") from None
@@ -86,6 +95,30 @@ class Database:
         except IntegrityError:
             with self._session.begin() as s:
                 return work(s)
+
+
+def migrate(engine) -> str:
+    """Bring the database's schema to the newest revision, keeping every row; that revision."""
+    from alembic import command
+    from alembic.config import Config
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        current = MigrationContext.configure(conn).get_current_revision()
+        if current is None and not inspect(conn).has_table(FIRST_RELEASE_TABLE):
+            Base.metadata.create_all(conn)          # a new database: created whole, at the newest revision
+            command.stamp(cfg, head)
+            return head
+        if current is None:
+            command.stamp(cfg, FIRST_RELEASE)       # made before migrations: the first release's schema
+        command.upgrade(cfg, "head")
+        Base.metadata.create_all(conn)              # tables added since need no revision
+    return head
 
 
 def _one_line(e: Exception) -> str:

@@ -1,0 +1,95 @@
+"""Upgrading a database made by the first release (before migrations) keeps every row.
+
+The database is made with a frozen copy of the first release's tables
+(``first_release_tables.py``) and filled as that release would have; opening it with today's
+``Store`` stamps it, runs the migrations and creates the tables added since. Both on SQLite and
+on a real PostgreSQL server.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.orm import Session
+
+import first_release_tables as old
+from potluck.engine.store import Store
+from potluck.engine.store.contexts import pack_tokens
+from potluck.engine.store.db import FIRST_RELEASE
+from potluck.engine.store.tables import Base
+
+T0 = datetime(2026, 11, 1, 9, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    from support.postgres import PostgresServer, skip_reason
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'potluck.sqlite'}"
+    return request.getfixturevalue("postgres").create_database()
+
+
+def make_first_release_database(url: str) -> None:
+    engine = create_engine(url)
+    old.Base.metadata.create_all(engine)
+    with Session(engine) as s, s.begin():
+        s.add(old.QuotaOverride(user="alice", fields={"tokens_per_minute": 5000}, updated_by="root"))
+        s.add(old.UsageRow(tenant="alice", hour=T0, prefill_tokens=120, decode_tokens=30, page_seconds=1.5,
+                           fuel=7, requests=3))
+        s.add(old.AuditEntry(actor="root", action="quota.set", target="alice", detail={"tokens_per_minute": 5000}))
+        s.add(old.KeyValueRow(tenant="alice", key="notes", value=b"kept across the upgrade"))
+        s.add(old.TokenRecord(name="alice", token_hash="ab" * 32, is_admin=False))
+        s.add(old.SavedContextRow(tenant="alice", name="chat", tokens=pack_tokens([5, 6, 7])))
+        s.add(old.RunRecord(id="r1", tenant="alice", state="finished", kind="python", created_at=T0,
+                            usage={"fuel": 7}, events=4))
+    engine.dispose()
+
+
+def test_a_first_release_database_is_upgraded_keeping_every_row(db_url):
+    make_first_release_database(db_url)
+    store = Store(db_url)
+    try:
+        assert store.get_override("alice") == {"tokens_per_minute": 5000}
+        assert store.usage_totals("alice")["prefill_tokens"] == 120
+        assert [e["action"] for e in store.audit_log()] == ["quota.set"]
+        assert store.kv_get("alice", "notes") == b"kept across the upgrade"
+        assert [t["name"] for t in store.list_tokens()] == ["alice"]
+        assert store.load_context("alice", "chat") == [5, 6, 7]
+        assert store.get_run("alice", "r1")["state"] == "finished"
+        # Tables added since the first release exist now, and the database is at the newest revision.
+        tables = set(inspect(store._engine).get_table_names())
+        assert set(Base.metadata.tables) <= tables
+        with store._engine.connect() as conn:
+            (revision,) = conn.execute(text("SELECT version_num FROM alembic_version")).one()
+        assert revision >= FIRST_RELEASE
+        store.kv_put("alice", "more", b"new rows work too")
+    finally:
+        store.close()
+    again = Store(db_url)           # a second start changes nothing
+    try:
+        assert again.kv_get("alice", "notes") == b"kept across the upgrade"
+        assert again.kv_get("alice", "more") == b"new rows work too"
+    finally:
+        again.close()
+
+
+def test_a_new_database_is_created_whole_at_the_newest_revision(db_url):
+    store = Store(db_url)
+    try:
+        assert set(Base.metadata.tables) <= set(inspect(store._engine).get_table_names())
+        with store._engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
+    finally:
+        store.close()
