@@ -70,6 +70,28 @@ class Structured:
         return Structured(kind, None if kind == "json_object" else value, where)
 
 
+def closed_objects(schema):
+    """``schema`` with every object that lists its properties closed to others (``additionalProperties``
+    false where it is not given): OpenAI's strict mode, and what a function's arguments mean. Left open,
+    a small model keeps inventing properties until ``max_tokens`` cuts the JSON."""
+    if isinstance(schema, list):
+        return [closed_objects(x) for x in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key in ("properties", "$defs", "definitions", "patternProperties"):
+            out[key] = {k: closed_objects(v) for k, v in value.items()} if isinstance(value, dict) else value
+        elif key in ("items", "additionalItems", "not", "if", "then", "else", "contains",
+                     "anyOf", "oneOf", "allOf", "prefixItems"):
+            out[key] = closed_objects(value)
+        else:
+            out[key] = value
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
 def _bad(message: str, param: str | None = None) -> BadRequest:
     return BadRequest(message, code="invalid_structured_output", param=param)
 

@@ -1,13 +1,15 @@
 """``POST /api/generate``: Potluck's own generation endpoint.
 
-A prompt, chat messages or token ids in; text, tokens, log-probabilities and
-usage out, or with ``"stream": true`` server-sent events: ``token`` per token,
+A prompt, chat messages or token ids in (optionally ``structured_outputs``: a
+JSON schema, regex, choice or grammar the text must follow); text, tokens,
+log-probabilities and usage out, or with ``"stream": true`` server-sent events: ``token`` per token,
 then ``done`` (or ``error``). Unknown fields are refused, so a misspelt
 parameter never silently falls back to its default.
 """
 
 from __future__ import annotations
 
+from ..constraints import Structured
 from ..contexts import check_saved_name
 from ..errors import BadRequest
 from ..sampling import Sampler
@@ -32,6 +34,10 @@ FIELDS = {
     "top_logprobs": "integer",
     "stop": ("string", "array"),
     "stop_token_ids": "array",
+    "presence_penalty": "number",
+    "frequency_penalty": "number",
+    "repetition_penalty": "number",
+    "structured_outputs": "object",
     "ignore_eos": "boolean",
     "priority": "string",
     "stream": "boolean",
@@ -76,7 +82,9 @@ class GenerateHandler(GenerationHandler):
             prompt=prompt, messages=p.get("messages"), tokens=tokens,
             max_tokens=p.get("max_tokens"), sampler=sampler,
             stop=[stop] if isinstance(stop, str) else stop, stop_token_ids=p.get("stop_token_ids"),
-            ignore_eos=p.get("ignore_eos", False), priority=p.get("priority"))
+            ignore_eos=p.get("ignore_eos", False), priority=p.get("priority"),
+            structured=Structured.of(p["structured_outputs"], where="structured_outputs")
+            if "structured_outputs" in p else None)
         stream = p.get("stream", False)
         if stream:
             self.begin_stream()

@@ -22,7 +22,7 @@ import json
 import time
 import uuid
 
-from ..constraints import Structured
+from ..constraints import Structured, closed_objects
 from ..errors import BadRequest
 from .base import APIHandler, ServiceHandler, check_fields, finite
 from .openai_tools import CALL_OPEN, ToolRequest, new_call, parse_calls, prompt_messages, template_renders_tools
@@ -120,6 +120,8 @@ def structured_of(p: dict) -> Structured | None:
                 raise BadRequest("response_format json_schema needs a 'json_schema' object with a 'schema'",
                                  code="invalid_structured_output", param="response_format")
             schema = js.get("schema")
+            if js.get("strict") and schema is not None:
+                schema = closed_objects(schema)
             asked.append(("response_format", Structured("json", schema, "response_format") if schema is not None
                           else Structured("json_object", None, "response_format")))
         elif kind != "text":

@@ -22,7 +22,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from ..constraints import Structured
+from ..constraints import Structured, closed_objects
 from ..errors import BadRequest
 
 MAX_TOOLS = 128
@@ -107,7 +107,8 @@ class ToolRequest:
     def call_structure(self) -> Structured:
         """The grammar of the one call the model must make (tool_choice required or named)."""
         pool = [t for t in self.tools if self.named is None or t.name == self.named]
-        one = [{"type": "object", "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+        one = [{"type": "object", "properties": {"name": {"const": t.name},
+                                                 "arguments": closed_objects(t.parameters)},
                 "required": ["name", "arguments"], "additionalProperties": False} for t in pool]
         return Structured("json", one[0] if len(one) == 1 else {"anyOf": one}, "tools")
 
