@@ -125,13 +125,13 @@ class UsageHistoryHandler(APIHandler):
             for g in r.get("groups") or ():
                 if not g.startswith("scope:"):     # a custom scope's quota, not a Hub group
                     members.setdefault(g, []).append(r["name"])
-        # Each group's quota in effect and read error, as the Hub authenticator last read them.
-        book = getattr(self.service.authenticator, "group_report", dict)()
+        # Each group's quota in effect, read error and warnings, as the Hub authenticator last read them.
+        book = self.service.authenticator.group_report()
         groups = {}
         for g in sorted(set(members) | set(book)):
             seen = book.get(g) or {}
             groups[g] = {"members": sorted(members.get(g, [])), "quota": seen.get("quota"),
-                         "error": seen.get("error"),
+                         "error": seen.get("error"), "warnings": seen.get("warnings") or [],
                          "series": _rows(sum_history(history, members.get(g, [])))}
         self.write_json({
             "resolution": resolution,

@@ -45,6 +45,7 @@ import {
   parseRuns,
   parseStatus,
   parseTenants,
+  parseWarnings,
   PotluckError,
   QUOTA_FIELDS,
   QuotaValue,
@@ -108,6 +109,9 @@ export class Dashboard {
     this._error.setAttribute('role', 'alert');
     this._error.hidden = true;
     node.appendChild(this._error);
+    this._warnings = el('ul', 'jp-PotluckDash-warnings');
+    this._warnings.hidden = true;
+    node.appendChild(this._warnings);
     this._notice = el('div', 'jp-PotluckDash-notice');
     this._notice.setAttribute('role', 'status');
     this._notice.hidden = true;
@@ -175,9 +179,9 @@ export class Dashboard {
     // The history again only when the range changed or it is due (long ranges are big answers).
     const due = !this._history || this._historyRange !== range ||
       Date.now() - this._historyAt >= historyRefreshMs(range);
-    const [status, tenants, runs, history] = await Promise.all([
+    const [status, report, runs, history] = await Promise.all([
       get('status', parseStatus),
-      get('admin/tenants', parseTenants),
+      get('admin/tenants', b => ({ tenants: parseTenants(b), warnings: parseWarnings(b) })),
       get('admin/runs', parseRuns),
       due ? get(historyPath(range, Date.now()), b => parseUsageHistory(b)) : Promise.resolve(null)
     ]);
@@ -191,8 +195,9 @@ export class Dashboard {
       this._historyRange = range;
       this._historyAt = Date.now();
     }
-    if (tenants) {
-      this._tenants = tenants;
+    if (report) {
+      this._tenants = report.tenants;
+      this._renderWarnings(report.warnings);
     }
     this._renderCharts();
     this._renderUsers(runs);
@@ -355,11 +360,23 @@ export class Dashboard {
       setText(c[1], g.members.join(', '));
       setText(c[2], g.quota && Object.keys(g.quota).length ? formatQuotaFields(g.quota) : 'none (defaults)');
       setText(c[3], formatCompact(total(g.points, 'tokens')));
-      setText(c[4], g.error ? `unreadable, last good quota kept: ${oneLine(g.error)}` : 'ok');
-      tr.dataset.level = g.error ? 'critical' : 'ok';
+      const status = g.error ? [`unreadable, last good quota kept: ${oneLine(g.error)}`] : [];
+      setText(c[4], status.concat(g.warnings).join(' · ') || 'ok');
+      tr.dataset.level = g.error ? 'critical' : g.warnings.length ? 'warning' : 'ok';
     });
     this._groupsEmpty.hidden = names.length > 0 || !h;
     this._groups.hidden = names.length === 0;
+  }
+
+  /** What the engine flags to admins about the quotas (e.g. kv_pages above its KV pool). */
+  private _renderWarnings(warnings: string[]): void {
+    this._warnings.hidden = warnings.length === 0;
+    if (this._warnings.textContent !== warnings.join('')) {
+      this._warnings.textContent = '';
+      for (const w of warnings) {
+        this._warnings.appendChild(el('li', 'jp-PotluckDash-warning', w));
+      }
+    }
   }
 
   private _renderGroupNote(): void {
@@ -495,6 +512,7 @@ export class Dashboard {
   private _groupFormHost: HTMLElement;
   private _groupNote: HTMLElement;
   private _notice: HTMLElement;
+  private _warnings: HTMLElement;
   private _hubScopes: string[] = [];
   private _scopesRead = false;
   private _groupSaved: string | null = null;

@@ -26,6 +26,8 @@ export interface IGroupHistory {
   quota: { [field: string]: QuotaValue } | null;
   /** Why the Hub's value could not be read (the last good quota is in effect meanwhile). */
   error: string | null;
+  /** What an admin should know about the quota (e.g. kv_pages above the engine's KV pool). */
+  warnings: string[];
   points: IUsagePoint[];
 }
 
@@ -145,6 +147,7 @@ export function parseUsageHistory(body: unknown, now: number = Date.now()): IUsa
       members: Array.isArray(o.members) ? o.members.map(String) : [],
       quota,
       error: typeof o.error === 'string' && o.error ? o.error : null,
+      warnings: Array.isArray(o.warnings) ? o.warnings.filter((w: unknown) => typeof w === 'string') : [],
       points: parsePoints(o.series, columns)
     };
   }

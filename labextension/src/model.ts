@@ -364,6 +364,12 @@ export function parseTenants(body: unknown): ITenant[] {
     .filter(t => t.name);
 }
 
+/** `GET potluck/api/admin/tenants`'s `warnings`: one line each (quotas the KV pool makes moot, ...). */
+export function parseWarnings(body: unknown): string[] {
+  const w = obj(body).warnings;
+  return Array.isArray(w) ? w.filter(x => typeof x === 'string').map(x => oneLine(x)) : [];
+}
+
 /** The one-line message of an engine error body (`{"error": {"code", "message"}}`), or a fallback. */
 export function errorMessage(status: number, body: unknown, fallback = ''): string {
   const err = obj(obj(body).error);

@@ -24,7 +24,7 @@ import {
   total,
   yTicks
 } from '../src/history';
-import { failureText, formatQuotaFields, isUnreachable, PotluckError, quotaSourceSummary } from '../src/model';
+import { failureText, formatQuotaFields, isUnreachable, parseWarnings, PotluckError, quotaSourceSummary } from '../src/model';
 
 process.env.TZ = 'UTC';
 
@@ -89,8 +89,10 @@ describe('parseUsageHistory', () => {
   });
 
   it('keeps a group read error for the admin', () => {
-    const h = parseUsageHistory(answer({}, { ta: { members: [], quota: {}, error: 'not a JSON object', series: [] } }));
+    const h = parseUsageHistory(answer({}, { ta: { members: [], quota: {}, error: 'not a JSON object',
+      warnings: ['kv_pages 9999 is above the pool', 3], series: [] } }));
     assert.equal(h.groups.ta.error, 'not a JSON object');
+    assert.deepEqual(h.groups.ta.warnings, ['kv_pages 9999 is above the pool']);
   });
 });
 
@@ -198,5 +200,13 @@ describe('quota sources in one line', () => {
 
   it('writes a partial quota as field=value', () => {
     assert.equal(formatQuotaFields({ kv_pages: null, tokens_per_minute: 5000 }), 'tokens_per_minute=5000, kv_pages=∞');
+  });
+});
+
+describe('admin warnings', () => {
+  it('reads the warnings of the tenants report, one line each, and nothing from an older engine', () => {
+    assert.deepEqual(parseWarnings({ tenants: [], warnings: ['group \'a\': kv_pages 9000\nis above', 5] }),
+      ["group 'a': kv_pages 9000 is above"]);
+    assert.deepEqual(parseWarnings({ tenants: [] }), []);
   });
 });
