@@ -170,7 +170,7 @@ def test_a_hub_admin_edits_a_group_quota_on_the_page_with_their_own_rights(hub):
     assert f"Saved the quota of group {group}" in result["notice"] and not result["errors"], result
     # The Hub holds the edit as the admin page's flat key; the admin's other property is kept.
     props = hub.api("GET", f"groups/{group}").json()["properties"]
-    assert props[f"potluck.tokens_per_minute"] == str(value) and props["course"] == "ml102", props
+    assert props["potluck.tokens_per_minute"] == str(value) and props["course"] == "ml102", props
     assert "potluck" not in props, props
     # The engine applies it to the group's members (it rereads a group within its cache time).
     deadline = time.monotonic() + 60

@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import requests
 
 from support.engine_process import error_of
 
@@ -62,7 +63,6 @@ def test_history_is_persisted_across_a_restart(engine_proc, two_users_used_it):
 
 
 def test_the_history_is_for_admins_only(engine_proc, two_users_used_it):
-    import requests
     ann = engine_proc.client("hist-ann")
     r = ann.get("/api/admin/usage", params={"resolution": "hour"})
     assert r.status_code == 403 and error_of(r)["code"] == "forbidden"
@@ -91,7 +91,6 @@ def test_bad_parameters_get_one_line_naming_the_limit(engine_proc):
 
 
 def test_the_engine_serves_the_dashboard_page_at_its_base_url(engine_proc):
-    import requests
     r = requests.get(engine_proc.url + "/", timeout=30)
     if r.status_code == 503:
         pytest.skip(r.text.strip())             # the lab extension (and its bundle) is not built here
