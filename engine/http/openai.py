@@ -198,6 +198,17 @@ def chat_messages(messages: list) -> list:
     return out
 
 
+def chat_prompt(engine, messages: list[dict], tools: ToolRequest | None, structured: Structured | None) -> dict:
+    """The ``generate_choices`` arguments of a chat with tools: messages, template kwargs, structure."""
+    if tools is not None and tools.forced:
+        if structured is not None:
+            raise BadRequest("give a response format or a required tool_choice, not both",
+                             code="invalid_structured_output", param="tool_choice")
+        structured = tools.call_structure()
+    messages, chat_kwargs = prompt_messages(messages, tools, template_renders_tools(engine.chat_template))
+    return {"messages": messages, "chat_kwargs": chat_kwargs, "structured": structured}
+
+
 class OpenAIErrors(ServiceHandler):
     """Errors in OpenAI's shape, for every handler under ``/v1``."""
 
@@ -210,7 +221,7 @@ class OpenAIErrors(ServiceHandler):
         super()._finish_json_error(status, {"error": shaped})
 
 
-class _OpenAIHandler(OpenAIErrors, GenerationHandler):
+class OpenAIHandler(OpenAIErrors, GenerationHandler):
     def new_id(self, prefix: str) -> str:
         return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
@@ -238,7 +249,7 @@ class _OpenAIHandler(OpenAIErrors, GenerationHandler):
         return next((g for g in gens if g.error is not None), None)
 
 
-class ChatCompletionsHandler(_OpenAIHandler):
+class ChatCompletionsHandler(OpenAIHandler):
     """``POST v1/chat/completions``."""
 
     async def post(self) -> None:
@@ -254,25 +265,18 @@ class ChatCompletionsHandler(_OpenAIHandler):
             raise BadRequest("top_logprobs needs logprobs: true", code="invalid_sampling", param="top_logprobs")
         check_model(self.engine, p["model"])
         tools = ToolRequest.of(p)
-        structured = structured_of(p)
-        if tools is not None and tools.forced:
-            if structured is not None:
-                raise BadRequest("give response_format or a required tool_choice, not both",
-                                 code="invalid_structured_output", param="tool_choice")
-            structured = tools.call_structure()
-        messages, chat_kwargs = prompt_messages(chat_messages(p["messages"]), tools,
-                                                template_renders_tools(self.engine.chat_template))
+        prompt = chat_prompt(self.engine, chat_messages(p["messages"]), tools, structured_of(p))
         want_logprobs = p.get("logprobs", False)
         n = p.get("n", 1)
         sampler = build_sampler(_sampling(p, p.get("top_logprobs", 0) if want_logprobs else 0))
         gens, events = await self.start_choices(CHAT_DEFAULT_MAX_TOKENS, [dict(
-            n=n, messages=messages, chat_kwargs=chat_kwargs, structured=structured,
+            n=n, **prompt,
             max_tokens=p.get("max_completion_tokens", p.get("max_tokens")), sampler=sampler, stop=_stop(p),
             stop_token_ids=p.get("stop_token_ids"), ignore_eos=p.get("ignore_eos", False))])
         cid, created, model = self.new_id("chatcmpl"), int(time.time()), self.engine.model_name
         stream = p.get("stream", False)
         include_usage = bool(p.get("stream_options", {}).get("include_usage"))
-        choices = [_ChatChoice(i, tools, want_logprobs) for i in range(n)]
+        choices = [ChatChoice(i, tools, want_logprobs) for i in range(n)]
 
         def chunk(items: list, **extra) -> str:
             body = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -341,7 +345,7 @@ class ChatCompletionsHandler(_OpenAIHandler):
         return entry
 
 
-class _ChatChoice:
+class ChatChoice:
     """One choice of a chat completion: its text streamed as content, or held as a tool call.
 
     With a forced tool call the whole output is the call; with "auto" the output is held while it
@@ -412,7 +416,7 @@ class _ChatChoice:
         return "tool_calls" if self.calls else reason
 
 
-class CompletionsHandler(_OpenAIHandler):
+class CompletionsHandler(OpenAIHandler):
     """``POST v1/completions``."""
 
     async def post(self) -> None:
@@ -518,7 +522,7 @@ class CompletionsHandler(_OpenAIHandler):
 class _CompletionLogprobs:
     """A completion choice's ``logprobs`` object (prompt tokens first, with ``echo``), built as tokens come."""
 
-    def __init__(self, handler: _OpenAIHandler, top: int):
+    def __init__(self, handler: OpenAIHandler, top: int):
         self.h = handler
         self.top = top
         self.offset = 0

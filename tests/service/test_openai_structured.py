@@ -188,3 +188,39 @@ def test_errors_are_the_sdks_typed_exceptions_with_type(oai, engine_proc):
                                                                                "function": {"name": "nope"}},
                                     messages=[{"role": "user", "content": "hi"}])
     assert e.value.body["param"] == "tool_choice"
+
+
+def test_responses_api_text_stream_and_tools(oai):
+    r = oai.responses.create(model=MODEL, input="Name a colour.", instructions="Be brief.", max_output_tokens=8,
+                             temperature=0)
+    chat = oai.chat.completions.create(model=MODEL, max_tokens=8, temperature=0, messages=[
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}])
+    assert r.output_text == chat.choices[0].message.content
+    assert r.usage.output_tokens == chat.usage.completion_tokens and r.status in ("completed", "incomplete")
+
+    kinds, text = [], ""
+    with oai.responses.stream(model=MODEL, input="Name a colour.", instructions="Be brief.", max_output_tokens=8,
+                              temperature=0) as stream:
+        for ev in stream:
+            kinds.append(ev.type)
+            if ev.type == "response.output_text.delta":
+                text += ev.delta
+        final = stream.get_final_response()
+    assert kinds[0] == "response.created" and kinds[-1] in ("response.completed", "response.incomplete")
+    assert text == final.output_text == r.output_text
+
+    tool = {"type": "function", "name": "get_weather", "description": "Weather in a city", "strict": True,
+            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
+                           "required": ["city"]}}
+    called = oai.responses.create(model=MODEL, input="Weather in Lyon?", tools=[tool],
+                                  tool_choice={"type": "function", "name": "get_weather"}, max_output_tokens=60)
+    (call,) = [o for o in called.output if o.type == "function_call"]
+    assert call.name == "get_weather" and isinstance(json.loads(call.arguments)["city"], str)
+    answered = oai.responses.create(model=MODEL, max_output_tokens=20, tools=[tool], input=[
+        {"role": "user", "content": "Weather in Lyon?"},
+        {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+        {"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}])
+    assert answered.output
+    with pytest.raises(openai.BadRequestError) as e:
+        oai.responses.create(model=MODEL, input="hi", previous_response_id="resp_x")
+    assert e.value.body["param"] == "previous_response_id"
