@@ -212,7 +212,9 @@ class Kernel:
             if kind == "stream":
                 (out if content["name"] == "stdout" else err).append(content["text"])
             elif kind in ("execute_result", "display_data"):
-                out.append(content["data"].get("text/plain", "") + "\n")
+                text = content["data"].get("text/plain", "")
+                if not text.startswith("\u23f3"):      # a progress note, cleared when its call ends
+                    out.append(text + "\n")
             elif kind == "error":
                 err.append("\n".join(content["traceback"]))
             elif kind == "status" and content["execution_state"] == "idle":
