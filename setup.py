@@ -7,7 +7,7 @@ clean clone run ``jlpm install --immutable && jlpm build:prod`` in ``labextensio
 requirement), then ship the result as the wheel's data files, next to the server extension's
 config and the kernelspec:
 
-    etc/jupyter/jupyter_server_config.d/potluck.json       (enables potluck.jupyter_ext)
+    etc/jupyter/jupyter_server_config.d/*.json             (potluck.json enables potluck.jupyter_ext)
     share/jupyter/kernels/potluck/kernel.json               ("Python 3 (Potluck)")
     share/jupyter/labextensions/jupyter-potluck/...         (the prebuilt lab extension)
 
@@ -32,7 +32,9 @@ SOURCE = HERE / "labextension"                     # the TypeScript sources (npm
 BUILT = HERE / "jupyter_ext" / "labextension"      # where `jlpm build:prod` writes the bundle
 LAB_DEST = "share/jupyter/labextensions/jupyter-potluck"
 DATA_FILES = [
-    ("etc/jupyter/jupyter_server_config.d", ["jupyter-config/jupyter_server_config.d/potluck.json"]),
+    # every server config file there (potluck.json enables potluck.jupyter_ext)
+    ("etc/jupyter/jupyter_server_config.d",
+     sorted(p.relative_to(HERE).as_posix() for p in (HERE / "jupyter-config" / "jupyter_server_config.d").glob("*.json"))),
     ("share/jupyter/kernels/potluck", ["kernel/kernelspec/kernel.json"]),
 ]
 
