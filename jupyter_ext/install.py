@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from importlib import resources
 
@@ -38,7 +39,6 @@ def link_labextension(prefix: str = sys.prefix) -> str | None:
             return dest
         os.unlink(dest)
     elif os.path.isdir(dest):
-        import shutil
         shutil.rmtree(dest)
     elif os.path.exists(dest):
         os.unlink(dest)
@@ -55,10 +55,17 @@ def install(prefix: str = sys.prefix) -> list[str]:
     with open(conf, "w") as f:
         json.dump(SERVER_CONFIG, f, indent=2)
         f.write("\n")
+    # From a source tree (an editable install), the other server config files the wheel ships too.
+    extra = []
+    tree = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "jupyter-config",
+                        "jupyter_server_config.d")
+    for name in sorted(os.listdir(tree)) if os.path.isdir(tree) else ():
+        if name.endswith(".json") and name != "potluck.json":
+            extra.append(shutil.copyfile(os.path.join(tree, name), os.path.join(conf_dir, name)))
     with resources.as_file(resources.files("potluck.kernel").joinpath("kernelspec")) as spec_dir:
         kernel = KernelSpecManager().install_kernel_spec(str(spec_dir), "potluck", prefix=prefix)
     lab = link_labextension(prefix)
-    return [conf, kernel] + ([lab] if lab else [])
+    return [conf, *extra, kernel] + ([lab] if lab else [])
 
 
 def main(argv=None) -> None:
