@@ -15,7 +15,9 @@ it prints, sends and publishes counts against ``run_output_bytes`` (a
 message by its JSON length or, if larger, the memory its value takes);
 printed text is gathered into one ``output`` event per ``COALESCE_BYTES`` or
 ``COALESCE_SECONDS`` (printing a byte at a time makes a few hundred events,
-not a million), and a run makes at most ``MAX_EVENTS`` events. ``held_bytes``
+not a million; the age doubles with every ``SLOWER_EVERY`` events, so a run
+printing a token at a time for its whole ``max_run_seconds`` stays far under
+the cap), and a run makes at most ``MAX_EVENTS`` events. ``held_bytes``
 estimates the memory its events take, so the manager can bound what ended
 runs keep (``run_history_bytes``). Its inbox holds at most ``MAX_INBOX``
 messages and ``MAX_INBOX_BYTES``.
@@ -51,9 +53,10 @@ log = logging.getLogger("potluck.sandbox")
 
 MAX_INBOX = 1024                 # unread messages in a run's inbox
 MAX_INBOX_BYTES = 1 << 20        # and their bytes
-MAX_EVENTS = 4096                # events one run may make (printed text is coalesced first)
+MAX_EVENTS = 8192                # events one run may make (printed text is coalesced first)
 COALESCE_BYTES = 4096            # printed text is gathered into events of about this size...
-COALESCE_SECONDS = 0.05          # ...or this age, whichever comes first
+COALESCE_SECONDS = 0.05          # ...or this age, whichever comes first,
+SLOWER_EVERY = 1024              # and the age doubles every this many events (up to 32x)
 EVENT_OVERHEAD = 320             # bytes an event takes besides its text (dict, seq, time): counted too
 USAGE_EVENT_SECONDS = 1.0        # periodic usage events at most this often
 
@@ -256,6 +259,9 @@ class Run:
             self._append("output", {"stream": self._pending_stream, "text": text},
                          EVENT_OVERHEAD + sys.getsizeof(text))
 
+    def _flush_age(self) -> float:
+        return COALESCE_SECONDS * (1 << min(len(self.events) // SLOWER_EVERY, 5))
+
     def flush_output(self, max_age: float = 0.0) -> None:
         """Make the printed text gathered so far an event (if it is at least ``max_age`` seconds old)."""
         if self._pending and time.monotonic() - self._pending_since >= max_age:
@@ -286,7 +292,7 @@ class Run:
             return self.kill(CANCELLED, "cancelled by its owner")
         if time.monotonic() > self.deadline:
             return self.kill(FAILED, self._time_limit_message())
-        self.flush_output(COALESCE_SECONDS)     # a run computing for long still shows what it printed
+        self.flush_output(self._flush_age())    # a run computing for long still shows what it printed
         return None
 
     def _time_limit_message(self) -> str:
@@ -346,7 +352,7 @@ class Run:
             self._pending_stream, self._pending_since = stream, time.monotonic()
         self._pending.append(text)
         self._pending_chars += len(text)
-        if self._pending_chars >= COALESCE_BYTES or time.monotonic() - self._pending_since >= COALESCE_SECONDS:
+        if self._pending_chars >= COALESCE_BYTES or time.monotonic() - self._pending_since >= self._flush_age():
             self._flush_output()
 
     def message_out(self, body: str) -> None:

@@ -217,3 +217,22 @@ def test_output_coalescing_keeps_order_between_prints_and_messages(runs):
     kinds = [(e["type"], e.get("text", e.get("body"))) for e in run.events if e["type"] in ("output", "message")]
     assert kinds == [("output", "a"), ("message", 1), ("output", "b")], kinds
     assert COALESCE_BYTES >= 1024
+
+
+def test_a_run_printing_a_token_at_a_time_for_twenty_minutes_stays_under_the_event_cap(monkeypatch):
+    """Legitimate streaming (one token printed every 60 ms) must never meet MAX_EVENTS: pieces grow instead."""
+    from potluck.engine.sandbox import run as run_module
+    from potluck.engine.tenants import Quota
+
+    class Site:
+        def save_record(self, record):
+            pass
+    now = [1000.0]
+    monkeypatch.setattr(run_module.time, "monotonic", lambda: now[0])
+    r = run_module.Run(Site(), "r1", "alice", Quota(run_output_bytes=None), "", None, "{}")
+    for i in range(20_000):               # 20 minutes of a token each 60 ms
+        now[0] += 0.06
+        r.output(f"t{i} ", "stdout")
+    r.flush_output()
+    assert len(r.events) < MAX_EVENTS - 1000, len(r.events)       # 4,201: pieces grew from 1 to 16 tokens
+    assert "".join(e["text"] for e in r.events) == "".join(f"t{i} " for i in range(20_000))
