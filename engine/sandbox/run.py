@@ -292,7 +292,8 @@ class Run:
             return self.kill(CANCELLED, "cancelled by its owner")
         if time.monotonic() > self.deadline:
             return self.kill(FAILED, self._time_limit_message())
-        self.flush_output(self._flush_age())    # a run computing for long still shows what it printed
+        if self._pending:       # a run computing for long still shows what it printed
+            self.flush_output(self._flush_age())
         return None
 
     def _time_limit_message(self) -> str:
