@@ -184,16 +184,18 @@ class ConstraintCompiler:
         return Constraint(matcher)
 
     def allowed_mask(self, constraints: list[Constraint | None], vocab: int,
-                     device: torch.device | str) -> torch.Tensor | None:
-        """One row per entry: the tokens each constrained sequence may sample next (all, where None)."""
-        rows = [(c.matcher, i) for i, c in enumerate(constraints) if c is not None]
+                     device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The constrained rows (indices into ``constraints``) and, for each, the tokens it may sample
+        next (booleans, [rows, vocab]); None when no row is constrained."""
+        rows = [i for i, c in enumerate(constraints) if c is not None]
         if not rows:
             return None
         words = (vocab + 31) // 32
-        bitmask = torch.full((len(constraints), words), -1, dtype=torch.int32)
-        llguidance.torch.fill_next_token_bitmask_par(self._executor, rows, bitmask)
-        allowed = ((bitmask[:, :, None] >> _BITS) & 1).bool().reshape(len(constraints), words * 32)[:, :vocab]
-        return allowed.to(device)
+        bitmask = torch.full((len(rows), words), -1, dtype=torch.int32)
+        llguidance.torch.fill_next_token_bitmask_par(
+            self._executor, [(constraints[i].matcher, k) for k, i in enumerate(rows)], bitmask)
+        allowed = ((bitmask[:, :, None] >> _BITS) & 1).bool().reshape(len(rows), words * 32)[:, :vocab]
+        return torch.tensor(rows, device=device), allowed.to(device)
 
 
 def _first_line(e) -> str:

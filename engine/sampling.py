@@ -90,11 +90,11 @@ class Sample:
 
 
 def sample(logits: torch.Tensor, samplers: list[Sampler], generators: list[torch.Generator | None],
-           allowed: torch.Tensor | None = None,
+           allowed: tuple[torch.Tensor, torch.Tensor] | None = None,
            histories: list[tuple[list[int], list[int]]] | None = None) -> list[Sample]:
     """Sample one token per row of ``logits`` ([rows, vocab]).
 
-    ``allowed`` ([rows, vocab] booleans) masks what each row may sample (a grammar);
+    ``allowed`` (row indices, [those rows, vocab] booleans) masks what those rows may sample (a grammar);
     ``histories`` gives each penalized row its (output tokens, every token of its context).
     """
     logits = logits.float()
@@ -121,7 +121,8 @@ def sample(logits: torch.Tensor, samplers: list[Sampler], generators: list[torch
             keep[torch.tensor(s.allowed, device=dev)] = 0.0
             logits[i] += keep
     if allowed is not None:
-        logits.masked_fill_(~allowed, float("-inf"))
+        idx, mask = allowed
+        logits[idx] = logits[idx].masked_fill(~mask, float("-inf"))
     logprobs = torch.log_softmax(logits, dim=-1)
 
     tokens = torch.argmax(logits, dim=-1)
