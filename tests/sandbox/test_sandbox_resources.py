@@ -236,3 +236,41 @@ def test_a_run_printing_a_token_at_a_time_for_twenty_minutes_stays_under_the_eve
     r.flush_output()
     assert len(r.events) < MAX_EVENTS - 1000, len(r.events)       # 4,201: pieces grew from 1 to 16 tokens
     assert "".join(e["text"] for e in r.events) == "".join(f"t{i} " for i in range(20_000))
+
+
+class _StubRun:
+    """What Topics asks of a run: its owner and id, charging output, delivery into its inbox."""
+
+    def __init__(self, tenant, rid):
+        self.tenant, self.id, self.got, self.charged = tenant, rid, [], 0
+
+    def charge_output(self, n, what):
+        self.charged += n
+
+    def deliver(self, topic, body):
+        self.got.append(body)
+        return True
+
+
+def test_topic_backlogs_expire_are_capped_in_bytes_per_tenant_and_freed_with_their_last_run(monkeypatch):
+    from potluck.engine.sandbox import topics as topics_module
+    now = [0.0]
+    monkeypatch.setattr(topics_module.time, "monotonic", lambda: now[0])
+    t = topics_module.Topics()
+    speaker, other = _StubRun("alice", "r1"), _StubRun("bob", "r9")
+    for i in range(40):                                  # 40 x 60 KB on 4 topics: over the 1 MiB cap
+        t.publish(speaker, f"t{i % 4}", "z" * 60000)
+    topics_held, kept = t.held("alice")
+    assert topics_held == 4 and kept <= topics_module.BACKLOG_BYTES and speaker.charged == 40 * 60000
+    t.publish(other, "t0", "mine")                       # bob's topic of the same name is his own
+    assert t.held("bob") == (1, 4)
+    late = _StubRun("alice", "r2")
+    t.subscribe(late, "t0")
+    assert late.got and all(len(b) == 60000 for b in late.got)        # the newest kept messages
+    now[0] += topics_module.BACKLOG_SECONDS + 1          # old messages expire
+    later = _StubRun("alice", "r3")
+    t.subscribe(later, "t1")
+    assert later.got == [] and t.held("alice")[1] == 0
+    for run in (speaker, late, later):
+        t.leave(run)
+    assert t.held("alice") == (0, 0) and t.held("bob") == (1, 4)
