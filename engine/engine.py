@@ -355,8 +355,25 @@ class Engine:
         if err is not None:
             fut.set_exception(err)
         else:
+            if sample is not None and seq.constraint is not None:
+                seq.constraint.consume(sample.token)   # the grammar follows what it let the sampler choose
             self.loop.awaited(seq)
             fut.set_result(sample)
+
+    def constrain_context(self, tenant: str, ctx_id: int, structured: Structured | None) -> None:
+        """From now on, tokens sampled on the context follow ``structured`` (None: free again).
+
+        The grammar advances with each sample, so the caller feeds back what was sampled (as the
+        guest SDK's ``generate`` does); compiling runs here, on the caller's thread.
+        """
+        constraint = self.compile_structured(structured) if structured is not None else None
+
+        def attach() -> None:
+            seq = self.contexts.get_on_loop(tenant, ctx_id)
+            if seq.queued:
+                raise BadRequest("a forward call on this context is already running", code="context_busy")
+            seq.constraint = constraint
+        self.loop.call(attach)
 
     # --------------------------------------------------------------- tenants
     def tenant(self, name: str, groups: dict[str, dict] | None = None, is_admin: bool = False) -> Tenant:

@@ -122,3 +122,21 @@ def test_penalties_change_the_output(engine):
     assert pen.count(500) < 60 and pen[0] == 500
     with pytest.raises(BadRequest, match="presence_penalty must be a number from -2 to 2"):
         engine.generate("alice", tokens=prompt, sampler=Sampler(presence_penalty=3.0))
+
+
+def test_a_context_under_a_grammar_samples_only_what_it_allows(engine):
+    from potluck.engine.sampling import Sampler as S
+    ctx = engine.create_context("alice")
+    engine.constrain_context("alice", ctx, Structured("regex", r"(yes|no)"))
+    fed, out = [5, 6, 7], []
+    for _ in range(8):
+        s = engine.forward("alice", ctx, fed, S(temperature=1.0, seed=3)).result()
+        if s.token in engine.eos_ids:
+            break
+        out.append(s.token)
+        fed = [s.token]
+    assert engine.decode(out) in ("yes", "no")
+    engine.constrain_context("alice", ctx, None)
+    with pytest.raises(BadRequest):
+        engine.constrain_context("alice", ctx, Structured("regex", "(bad"))
+    engine.drop_context("alice", ctx)
