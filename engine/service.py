@@ -47,7 +47,7 @@ from .http.base import NotFoundHandler
 from .http.fairpool import FairPool
 from .hubgroups import kv_pool_warnings
 from .metrics import EngineMetrics
-from .store import Store, UsageLedger
+from .store import Store, StoreError, UsageLedger
 
 if TYPE_CHECKING:
     from .app import PotluckEngine
@@ -147,30 +147,30 @@ def start_runs(engine: Engine, store: Store) -> tuple[Any, str | None]:
 async def serve(settings: PotluckEngine) -> int:
     """Assemble the service, serve until SIGTERM or SIGINT, stop in order; the process's exit status."""
     loop = asyncio.get_running_loop()
-    store = settings.open_store()
+    # Starting and stopping run in the pool's service lane (no request has set a lane here).
+    executor = FairPool(settings.request_threads, settings.request_threads_per_tenant, name="potluck-http")
+    try:
+        store = Store(settings.db_url)         # as settings.open_store, but a failure here may be served
+    except StoreError as e:
+        return await start_failed(settings, executor, one_line(e))
     ledger = UsageLedger(store, flush_interval=settings.usage_flush_interval)
     ledger.start()
     # The settings object is the engine's EngineConfig itself: no copy to drift from the traits.
     engine = Engine(settings, store=store, ledger=ledger)
-    # Starting and stopping run in the pool's service lane (no request has set a lane here).
-    executor = FairPool(settings.request_threads, settings.request_threads_per_tenant, name="potluck-http")
     try:
+        # The authenticator first: its settings (seed_groups, scope_quotas) are checked as it is made.
+        authenticator = settings.authenticator_class(parent=settings, store=store, executor=executor)
         await loop.run_in_executor(executor, engine.start)
     except Exception as e:
-        reason = one_line(e)
-        log.critical("the engine could not start: %s", reason)
         ledger.close()
         store.close()
-        executor.shutdown(wait=False)
-        if settings.serve_errors:
-            return await serve_failure(settings, reason)
-        return 1
+        return await start_failed(settings, executor, one_line(e))
     engine_metrics = EngineMetrics(engine)      # listens to the engine's steps and generations itself
     run_manager, runs_error = await loop.run_in_executor(executor, start_runs, engine, store)
     if run_manager is not None:
         engine_metrics.watch_runs(run_manager)
     service = Service(engine=engine, store=store, ledger=ledger,
-                      authenticator=settings.authenticator_class(parent=settings, store=store, executor=executor),
+                      authenticator=authenticator,
                       executor=executor, metrics=engine_metrics, max_body_size=settings.max_body_size,
                       authenticate_prometheus=settings.authenticate_prometheus,
                       runs=run_manager, runs_error=runs_error)
@@ -207,6 +207,15 @@ async def serve(settings: PotluckEngine) -> int:
     log.info("shutting down")
     await shutdown(service, server)
     return 1 if died else 0
+
+
+async def start_failed(settings: PotluckEngine, executor: FairPool, reason: str) -> int:
+    """The engine could not start: one line, then exit 1, or serve that line (``serve_errors``)."""
+    log.critical("the engine could not start: %s", reason)
+    executor.shutdown(wait=False)
+    if settings.serve_errors:
+        return await serve_failure(settings, reason)
+    return 1
 
 
 async def watch_batch_loop(engine: Engine, stop: asyncio.Event, interval: float = 1.0) -> bool:

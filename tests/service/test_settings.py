@@ -87,6 +87,8 @@ def test_a_bad_setting_standalone_exits_1_with_one_line_naming_it(tmp_path):
 @pytest.mark.parametrize("args, reason", [
     (("--model=/nonexistent/model.gguf",), "/nonexistent/model.gguf"),
     (("--PotluckEngine.profile_overrides=batch_token_budget=lots",), "batch_token_budget must be a whole number"),
+    (('--HubAuthenticator.seed_groups={"students": {"tokens_per_mnute": 5}}',), "unknown quota field 'tokens_per_mnute'"),
+    (("--db-url=sqlite:///{tmp}/corrupt.sqlite",), "corrupt.sqlite"),
 ])
 def test_as_a_hub_service_an_engine_that_cannot_start_keeps_answering_why(tmp_path, args, reason):
     import signal
@@ -96,6 +98,8 @@ def test_as_a_hub_service_an_engine_that_cannot_start_keeps_answering_why(tmp_pa
 
     from support.engine_process import free_port
     port = free_port()
+    (tmp_path / "corrupt.sqlite").write_bytes(b"this is not a database" * 500)
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     env = {"JUPYTERHUB_SERVICE_PREFIX": "/services/potluck/", "JUPYTERHUB_API_TOKEN": "t",
            "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{port}", "JUPYTERHUB_API_URL": "http://127.0.0.1:9/hub/api"}
     proc = _engine(tmp_path, *args, env=env)
