@@ -99,13 +99,19 @@ class Database:
 
 def migrate(engine) -> str:
     """Bring the database's schema to the newest revision, keeping every row; that revision."""
-    from alembic import command
-    from alembic.config import Config
-    from alembic.migration import MigrationContext
-    from alembic.script import ScriptDirectory
+    try:
+        from alembic import command
+        from alembic.config import Config
+        from alembic.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+    except ImportError:
+        raise StoreError("the store needs alembic for its migrations: pip install 'jupyter-potluck[engine]'") from None
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
+    if not (MIGRATIONS / "env.py").exists():
+        raise StoreError(f"the store's migrations are missing from this installation ({MIGRATIONS}): "
+                         "reinstall jupyter-potluck")
     head = ScriptDirectory.from_config(cfg).get_current_head()
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
