@@ -307,7 +307,8 @@ class PotluckEngine(PotluckApp, EngineConfig):
             return self.write_config()
         logging.basicConfig(level=self.log_level, stream=sys.stderr,
                             format="[%(levelname).1s %(asctime)s %(name)s] %(message)s")
-        logging.getLogger("alembic").setLevel(logging.WARNING)    # jupyterhub's import: a dozen plugin lines
+        # Importing jupyterhub (and the store's migrations) logs a dozen "setup plugin" lines at info.
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
         sys.exit(asyncio.run(self.serve()))
 
     async def serve(self) -> int:
