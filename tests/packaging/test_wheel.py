@@ -62,6 +62,7 @@ def test_pip_wheel_from_a_clean_clone_carries_the_lab_extension_config_and_kerne
     assert "share/jupyter/kernels/potluck/kernel.json" in files
     assert {LAB + "package.json", LAB + "install.json", LAB + "static/style.js"} <= files
     assert any(f.startswith(LAB + "static/remoteEntry.") for f in files)
+    assert LAB + "static/potluck-dashboard.js" in files         # the engine's admin page serves it
 
 
 def test_python_m_build_makes_an_sdist_whose_wheel_needs_no_node(clone, tmp_path):
