@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from wasmtime.component import Record, Variant
 
+from ..constraints import Structured
 from ..errors import PotluckError
 from ..protocol import CANCELLED
 from ..sampling import Sampler
@@ -275,6 +276,16 @@ class RunImports:
         if not 1 <= n <= len(self.samplers):
             raise Refused(f"no sampler {n} in this run")
         return self.samplers[n - 1]
+
+    @host_call("context.constrain")
+    def constrain(self, handle: int, spec_json: str) -> None:
+        # Not in MODEL_WAIT: compiling the grammar is host work done for the run, charged to its time.
+        spec = None
+        if spec_json:
+            if len(spec_json) > MAX_MESSAGE_BYTES:
+                raise Refused(f"constrain: the spec is {len(spec_json)} bytes; the limit is {MAX_MESSAGE_BYTES}")
+            spec = Structured.of(strict_json(spec_json, "constrain's spec"), where="constrain")
+        self.port.constrain_context(self.tenant, self._ctx(handle), spec)
 
     @host_call("context.fill")
     def fill(self, handle: int, tokens: list[int]) -> None:

@@ -21,6 +21,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..constraints import Structured
     from ..engine import Engine
     from ..sampling import Sampler
     from ..tenants import Quota
@@ -96,6 +97,9 @@ class EnginePort:
 
     def list_saved(self, tenant: str) -> list[dict]:
         return self._engine.list_saved(tenant)
+
+    def constrain_context(self, tenant: str, ctx_id: int, structured: "Structured | None") -> None:
+        self._engine.constrain_context(tenant, ctx_id, structured)
 
     def forward(self, tenant: str, ctx_id: int, tokens: list[int], sampler: "Sampler | None") -> Future:
         return self._engine.forward(tenant, ctx_id, tokens, sampler)

@@ -303,7 +303,8 @@ class Context:
     def generate(self, max_tokens: int = 64, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                  min_p: float = 0.0, seed: int | None = None, stop=None, logit_bias: dict | None = None,
                  allowed=None, sampler: Sampler | None = None, stop_at_eos: bool = True,
-                 stream: bool = False) -> "Generated":
+                 stream: bool = False, json_schema: dict | None = None, regex: str | None = None,
+                 choice: list | None = None, grammar: str | None = None) -> "Generated":
         """Generate up to ``max_tokens`` tokens and return the new text.
 
         ``stop``: a string or list of strings that end generation (not part of
@@ -312,9 +313,14 @@ class Context:
         ``.finish_reason``. An end-of-sequence token ends generation and stays
         pending in the context (so a conversation continues after it), but is
         not part of the text.
+
+        At most one of ``json_schema`` (a JSON schema dict; ``{}`` for any JSON
+        object), ``regex``, ``choice`` (a list of strings) or ``grammar`` (Lark or
+        GBNF) makes the engine decode under that grammar: the text always matches
+        it, unless ``max_tokens`` cuts it first.
         """
         return generate_all([self], max_tokens, temperature, top_k, top_p, min_p, seed, stop, logit_bias,
-                            allowed, sampler, stop_at_eos, stream)[0]
+                            allowed, sampler, stop_at_eos, stream, json_schema, regex, choice, grammar)[0]
 
     # --- keeping, trimming, dropping ------------------------------------------
     def save(self, name: str) -> None:
@@ -446,11 +452,13 @@ def distributions(contexts: list, k: int = 10) -> list:
 def generate_all(contexts: list, max_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, min_p: float = 0.0, seed: int | None = None, stop=None,
                  logit_bias: dict | None = None, allowed=None, sampler=None, stop_at_eos: bool = True,
-                 stream: bool = False) -> list:
+                 stream: bool = False, json_schema: dict | None = None, regex: str | None = None,
+                 choice: list | None = None, grammar: str | None = None) -> list:
     """``generate`` on several contexts at once: every step is one batched forward for all of them.
 
     With ``seed``, context i samples with seed ``seed + i`` (so forks differ);
     ``sampler`` may be one or one per context. Returns one ``Generated`` each.
+    ``json_schema`` / ``regex`` / ``choice`` / ``grammar``: as in ``Context.generate``, for each.
     """
     contexts = list(contexts)
     if stream and len(contexts) > 1:
@@ -462,13 +470,39 @@ def generate_all(contexts: list, max_tokens: int = 64, temperature: float = 0.0,
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     eos = set(model.eos_tokens) if stop_at_eos else set()
     gens = [_Generation(stops, stream) for _ in contexts]
-    for _ in range(int(max_tokens)):
-        live = [i for i, g in enumerate(gens) if not g.done]
-        if not live:
-            break
-        for i, s in zip(live, next_tokens([contexts[i] for i in live], [samplers[i] for i in live])):
-            gens[i].push(s, eos)
+    spec = _structure(json_schema, regex, choice, grammar)
+    constrained = []
+    try:
+        for ctx in contexts if spec else ():
+            ctx._alive()
+            _call(_ctx.constrain, ctx._h, spec)
+            constrained.append(ctx)
+        for _ in range(int(max_tokens)):
+            live = [i for i, g in enumerate(gens) if not g.done]
+            if not live:
+                break
+            for i, s in zip(live, next_tokens([contexts[i] for i in live], [samplers[i] for i in live])):
+                gens[i].push(s, eos)
+    finally:
+        for ctx in constrained:
+            try:
+                _ctx.constrain(ctx._h, "")
+            except Err:
+                pass
     return [g.result() for g in gens]
+
+
+def _structure(json_schema, regex, choice, grammar) -> str:
+    """The engine's grammar spec for the one structure given ("" for none)."""
+    given = {k: v for k, v in (("json", json_schema), ("regex", regex), ("choice", choice),
+                               ("grammar", grammar)) if v is not None}
+    if len(given) > 1:
+        raise InferletError(f"give one of json_schema, regex, choice or grammar, not {len(given)}")
+    if not given:
+        return ""
+    if given.get("json") == {}:
+        return json.dumps({"json_object": True})
+    return json.dumps(given)
 
 
 def saved_contexts() -> list[str]:
