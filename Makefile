@@ -65,6 +65,7 @@ bench: venv
 SOAK_MINUTES ?= 10
 soak: venv
 	$(PY) benchmarks/soak.py --minutes $(SOAK_MINUTES)
+	$(PY) benchmarks/soak_hostile.py
 
 clean:
 	rm -rf $(VENV) *.egg-info build dist labextension/node_modules labextension/lib labextension/lib-test labextension/tsconfig.tsbuildinfo jupyter_ext/labextension

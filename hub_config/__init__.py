@@ -87,7 +87,8 @@ def configure(c, *, engine_url: str | None = None, url: str = DEFAULT_URL, engin
         own URL (``url`` or ``engine_url``) plus the service prefix, direct rather than through
         the proxy (right when servers run on the Hub's host; give the Hub's internal host name
         for containers or Kubernetes).
-    display: show the service on the Hub's home page (its root answers 404; off by default).
+    display: show the service on the Hub's home page (its root is the admin dashboard, for engine
+        admins; off by default).
     """
     major = _jupyterhub_major()
     prefix = f"/services/{name}/"
@@ -147,6 +148,10 @@ def configure(c, *, engine_url: str | None = None, url: str = DEFAULT_URL, engin
 
     # Every user may use the service, and their servers' tokens (inherited by kernels) carry it.
     scope = access_scope(name)
+    # The dashboard at /services/<name>/ logs admins in through the Hub's OAuth: its token may
+    # read and write groups (quota edits with the admin's own rights) and carry the engine's admin
+    # scope. A token only ever gets the subset its user already holds, so nobody gains a right.
+    service["oauth_client_allowed_scopes"] = [scope, "read:groups", "groups", ADMIN_SCOPE]
     if major >= 6:
         c.JupyterHub.extra_user_scopes = set(_get(c.JupyterHub, "extra_user_scopes", set())) | {scope}
     else:

@@ -28,6 +28,9 @@ DEFAULT_SPAN = {"minute": timedelta(hours=1), "hour": timedelta(days=7)}
 def _check_user(name: str) -> str:
     if not name or len(name) > NAME_CHARS:
         raise BadRequest(f"a user name is 1 to {NAME_CHARS} characters", code="invalid_name", param="name")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        # NUL would reach the database (PostgreSQL refuses it with a 500); no Hub name has these.
+        raise BadRequest("a user name has no control characters", code="invalid_name", param="name")
     return name
 
 

@@ -148,3 +148,10 @@ def test_status_for_anyone_but_an_admin_does_not_show_one_tenants_pages_or_activ
         assert view["model"] == admin["model"] and view["kv"]["total_pages"] == admin["kv"]["total_pages"]
         assert view["kv"]["page_size"] == admin["kv"]["page_size"] and view["run_states"] == admin["run_states"]
     assert kim.delete("/api/contexts/footprint").status_code == 204
+
+
+def test_admin_user_names_with_control_characters_are_a_400(engine_proc):
+    admin = engine_proc.client("root", admin=True)
+    for name in ("a%00b", "a%0Ab", "a%7Fb"):
+        r = admin.put(f"/api/admin/quotas/users/{name}", json={"weight": 2})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_name", r.text
