@@ -10,7 +10,7 @@ edits a group's quota on the page: the Hub's group properties change (other prop
 the engine applies the new quota to the group's members.
 
 The service's OAuth client may give its tokens ``groups``, ``read:groups`` and
-``custom:potluck:admin`` (``OAUTH_SCOPES``, what ``potluck.hub_config`` is asked to set): a token
+``custom:potluck:admin`` (``potluck.hub_config.configure`` sets it): a token
 gets only those its user holds, so the page edits groups with the admin's own rights, and an
 engine admin by ``custom:potluck:admin`` (``teacher``) gets the page too.
 """
@@ -44,24 +44,9 @@ NODE = shutil.which("node")
 DRIVER = HERE / "hub_dashboard_driver.mjs"
 ARTIFACTS = Path(os.environ.get("POTLUCK_TEST_ARTIFACTS") or REPO / "tests" / "lab" / "artifacts")
 
-OAUTH_SCOPES = """
-svc["oauth_client_allowed_scopes"] = ["access:services!service=potluck", "read:groups", "groups",
-                                      "custom:potluck:admin"]
-"""
-
-
-class DashboardHub(HubProcess):
-    """The e2e Hub, its ``potluck`` service's OAuth tokens allowed ``OAUTH_SCOPES``."""
-
-    def write_config(self) -> Path:
-        path = super().write_config()
-        path.write_text(path.read_text() + OAUTH_SCOPES)
-        return path
-
-
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    h = DashboardHub(tmp_path_factory.mktemp("hub-dashboard"))
+    h = HubProcess(tmp_path_factory.mktemp("hub-dashboard"))
     try:
         h.start()
     except Exception:
