@@ -4,9 +4,12 @@
 #
 # Every user's notebooks then reach the engine as that user (the "Python 3 (Potluck)" kernel,
 # or `%load_ext potluck.kernel` in any Python kernel), with the quota their groups give them.
-# Hub admins edit a group's quota in the admin page ("Edit group" -> properties), e.g.
-#   {"potluck": {"tokens_per_minute": 20000, "weight": 1}}
-# or with `PUT /hub/api/groups/<group>/properties`; it reaches the engine within 20 s.
+# Hub admins edit a group's quota in the admin page (Manage Groups -> the group -> properties),
+# one property per quota field, typed as text:
+#   potluck.tokens_per_minute = 20000      potluck.weight = 1
+# or with `PUT /hub/api/groups/<group>/properties`; it reaches the engine within 20 s. A value the
+# engine cannot read keeps the group's last good quota. The admin dashboard (JupyterLab's launcher,
+# or /services/potluck/ in a browser) shows every user's and group's quota and usage.
 #
 # The authenticator and spawner below make this file runnable on one machine as it is
 # (any user name logs in with the shared password, hub admins with the admin password; servers run as the Hub's own Unix
@@ -44,13 +47,13 @@ potluck.hub_config.configure(
     ],
     # Engine admins besides hub admins: see every tenant, set per-user quotas.
     admin_users={"teacher"},
-    # Default groups and their quota (the "potluck" property). The Hub re-applies these at each
-    # start; give a group None to create it without overwriting what admins set in the admin page.
+    # Default groups and their quota: each group's quota is seeded once, when it has none, so what
+    # admins later set in the admin page survives restarts (None: only create the group).
     groups={
         "students": {"weight": 1, "tokens_per_minute": 5000, "tokens_per_day": 200000,
                      "max_tokens_per_request": 256, "max_runs": 2, "kv_pages": 512},
         "researchers": {"weight": 4, "tokens_per_minute": 100000, "max_tokens_per_request": 4096,
-                        "max_runs": 8, "kv_pages": 4096},
+                        "max_runs": 8, "kv_pages": 1024},   # under the CPU pool (~1456 pages)
     },
     # A model tier: users holding custom:potluck:tier:large (through a role) get these fields.
     model_tiers={"large": {"models": ["*"], "weight": 2}},
