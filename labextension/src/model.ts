@@ -114,6 +114,9 @@ export interface IEngineStatus {
   activeTenants: number;
   queueDepth: number;
   runningGenerations: number;
+  /** Non-admins see the load rounded down to these steps (1: exact); see `approx`. */
+  requestStep: number;
+  tenantStep: number;
   uptimeSeconds: number;
   runStates: IRunStates;
 }
@@ -232,6 +235,8 @@ export function parseStatus(body: unknown): IEngineStatus {
     activeTenants: num(s.active_tenants),
     queueDepth: num(s.queue_depth),
     runningGenerations: num(s.running_generations),
+    requestStep: s.coarse ? Math.max(1, num(obj(s.granularity).requests)) : 1,
+    tenantStep: s.coarse ? Math.max(1, num(obj(s.granularity).tenants)) : 1,
     uptimeSeconds: num(s.uptime_seconds),
     runStates: parseRunStates(s.run_states)
   };
@@ -373,7 +378,8 @@ export function parseWarnings(body: unknown): string[] {
 /** The one-line message of an engine error body (`{"error": {"code", "message"}}`), or a fallback. */
 export function errorMessage(status: number, body: unknown, fallback = ''): string {
   const err = obj(obj(body).error);
-  let msg = str(err.message) || str(obj(body).message) || fallback;
+  // A 503 of an engine that could not start carries its one-line reason as model_error.
+  let msg = str(err.message) || str(obj(body).model_error) || str(obj(body).message) || fallback;
   if (!msg) {
     msg = `HTTP ${status}`;
   }
@@ -639,6 +645,14 @@ export interface IStatusSummary {
   title: string;
 }
 
+/** A count the engine rounded down to `step` for non-admins: "<8" for 0, "8+" for 8; exact when step is 1. */
+export function approx(value: number, step: number): string {
+  if (step <= 1) {
+    return String(value);
+  }
+  return value < step ? `<${step}` : `${value}+`;
+}
+
 /** What the status-bar item shows: my token rates and KV pages against my quota, and the engine's queue. */
 export function statusSummary(me: IMe, status: IEngineStatus): IStatusSummary {
   const perMin = limitOf(me, 'tokens_per_minute');
@@ -650,7 +664,7 @@ export function statusSummary(me: IMe, status: IEngineStatus): IStatusSummary {
     parts.push(`${formatCount(u.tokensToday)}/${formatCount(perDay)} tok/day`);
   }
   parts.push(`${formatCount(me.kvPages)}/${formatCount(pages)} pages`);
-  parts.push(`queue ${status.queueDepth}`);
+  parts.push(`queue ${approx(status.queueDepth, status.requestStep)}`);
   const level = worstLevel([
     usageLevel(u.tokensLastMinute, perMin),
     usageLevel(u.tokensToday, perDay),
@@ -661,7 +675,8 @@ export function statusSummary(me: IMe, status: IEngineStatus): IStatusSummary {
     `tokens this minute: ${u.tokensLastMinute} of ${formatCount(perMin)} (${quotaSourceLabel(me.quotaSource.tokens_per_minute)})`,
     `tokens today: ${u.tokensToday} of ${formatCount(perDay)} (${quotaSourceLabel(me.quotaSource.tokens_per_day)})`,
     `KV pages held: ${me.kvPages} of ${formatCount(pages)} (${quotaSourceLabel(me.quotaSource.kv_pages)})`,
-    `engine queue: ${status.queueDepth}, active users: ${status.activeTenants}`,
+    `engine queue: ${approx(status.queueDepth, status.requestStep)}, active users: ` +
+      approx(status.activeTenants, status.tenantStep),
     'Click to open the Potluck panel'
   ].join('\n');
   return { text: parts.join(' · '), level, title };

@@ -210,7 +210,9 @@ export class PotluckPanel extends Widget {
         ['device', `${status.deviceName} (${status.deviceKind}${status.deviceMemoryBytes ? ', ' + formatBytes(status.deviceMemoryBytes) : ''})`],
         ['profile', `${status.profile}${status.dtype ? ' (' + status.dtype + ')' : ''}`],
         ['KV pages', `${status.freePages} free of ${status.totalPages} × ${status.pageSize} tokens`],
-        ['load', `queue ${status.queueDepth} · ${status.runningGenerations} generating · ${status.activeTenants} active users`],
+        ['load', `queue ${approx(status.queueDepth, status.requestStep)} · ` +
+          `${approx(status.runningGenerations, status.requestStep)} generating · ` +
+          `${approx(status.activeTenants, status.tenantStep)} active users`],
         ['version', status.version]
       ];
       const dl = this._engineBody;

@@ -8,6 +8,7 @@ import { describe, it } from 'node:test';
 
 import {
   activeRunsByOwner,
+  approx,
   DEFAULT_RUN_STATES,
   errorMessage,
   errorSummary,
@@ -234,6 +235,20 @@ describe('parsing', () => {
     assert.equal(s.freePages, 4000);
     assert.equal(s.pageSize, 16);
     assert.equal(s.activeTenants, 2);
+  });
+
+  it('/api/status for a non-admin: coarse counts shown as ranges, never as exact zeros', () => {
+    const s = parseStatus({ ...STATUS, queue_depth: 0, active_tenants: 4, coarse: true,
+                            granularity: { kv_pages: 512, requests: 8, tenants: 4 } });
+    assert.equal(s.requestStep, 8);
+    assert.equal(approx(s.queueDepth, s.requestStep), '<8');
+    assert.equal(approx(s.activeTenants, s.tenantStep), '4+');
+    assert.equal(approx(3, parseStatus(STATUS).requestStep), '3');
+    assert.match(statusSummary(parseMe(ME), s).text, /queue <8/);
+  });
+
+  it('an engine that could not start: its one-line reason', () => {
+    assert.equal(errorMessage(503, { model_error: 'cannot load model x', ready: false }), 'cannot load model x');
   });
 
   it('/api/status with missing parts does not throw', () => {
