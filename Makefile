@@ -43,6 +43,8 @@ $(VENV)/.installed: pyproject.toml setup.py
 	# The inferlet runner: CPython + the guest SDK as one WebAssembly component,
 	# built and compiled once (~30 s) and cached; runs start from the cache.
 	$(PY) -m potluck.engine.sandbox.build
+	# jupyter-ai (the [ai] extra; tests/service/test_jupyter_ai.py) in its own venv that sees this one's packages through a .pth, so the lab's browser tests never load it.
+	$(PY) -m venv $(VENV)-ai && echo '*' > $(VENV)-ai/.gitignore && $(PY) -c "import sysconfig; print('import site; site.addsitedir(%r)' % sysconfig.get_path('purelib'))" > "$$($(VENV)-ai/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")/potluck-venv.pth" && $(VENV)-ai/bin/python -m pip --disable-pip-version-check -q install -e ".[ai]"
 	touch $@
 
 demo: venv
