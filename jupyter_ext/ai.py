@@ -60,12 +60,12 @@ class PotluckAI(LoggingConfigurable):
         return ""
 
     def served_model(self) -> str:
-        """The model's name, or '' when it cannot be known (the engine unreachable, nothing served)."""
-        if self.model or os.environ.get(MODEL_ENV):
-            return self.model or os.environ[MODEL_ENV]
+        """The model's name, or '' when OPENAI_BASE_URL is not the engine or the engine names none."""
         base = self.potluck_endpoint()
         if not base:
             return ""
+        if self.model or os.environ.get(MODEL_ENV):
+            return self.model or os.environ[MODEL_ENV]
         req = urllib.request.Request(base + "/models",
                                      headers={"Authorization": f"Bearer {os.environ.get('OPENAI_API_KEY', '')}"})
         try:
@@ -75,7 +75,10 @@ class PotluckAI(LoggingConfigurable):
             self.log.warning("Potluck AI: could not list the engine's models at %s/models (%s); "
                              "set $%s or c.PotluckAI.model", base, e, MODEL_ENV)
             return ""
-        return str(data[0].get("id", "")) if data and isinstance(data[0], dict) else ""
+        if not (data and isinstance(data[0], dict) and data[0].get("id")):
+            self.log.warning("Potluck AI: the engine at %s serves no model to this user", base)
+            return ""
+        return str(data[0]["id"])
 
 
 def litellm_model(name: str) -> str:
@@ -104,7 +107,7 @@ def _link_jupyter_server_extension(serverapp) -> None:
     PotluckExtension(parent=serverapp, config=serverapp.config).export_for_kernels()
     preset = PotluckAI(parent=serverapp, config=serverapp.config)
     if not preset.potluck_endpoint():
-        serverapp.log.info("Potluck AI: OPENAI_BASE_URL names another endpoint; jupyter-ai's default left alone")
+        serverapp.log.info("Potluck AI: OPENAI_BASE_URL is not the engine's /v1; jupyter-ai's default left alone")
         return
     name = preset.served_model()
     if not name:
@@ -123,11 +126,10 @@ def _load_jupyter_server_extension(serverapp) -> None:
 # ------------------------------------------------------------------ %%ai (kernel side)
 def load_ipython_extension(ipython) -> None:
     """``%load_ext potluck.jupyter_ext.ai``: jupyter-ai's magics, with Potluck as ``%%ai``'s default."""
-    preset = PotluckAI(parent=ipython, config=ipython.config)
-    name = preset.served_model() if preset.potluck_endpoint() or preset.model or os.environ.get(MODEL_ENV) else ""
+    name = PotluckAI(parent=ipython, config=ipython.config).served_model()
     if not name:
         raise RuntimeError("Potluck AI: no Potluck model for %%ai: OPENAI_BASE_URL is not the engine's /v1 "
-                           f"($POTLUCK_URL + v1) or the engine did not answer; set ${MODEL_ENV} or c.PotluckAI.model")
+                           "($POTLUCK_URL + v1), or the engine named no model (see the warning above)")
     # The magics read these traits when they are constructed: config first, then load.
     # api_key_name stays None: LiteLLM takes OPENAI_API_KEY from the environment.
     ipython.config.AiMagics.initial_aliases = {

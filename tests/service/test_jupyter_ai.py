@@ -72,7 +72,11 @@ MAGIC = r"""
 import json, sys
 from IPython.testing.globalipapp import start_ipython
 ip = start_ipython()
-ip.run_line_magic("load_ext", "potluck.jupyter_ext.ai")
+try:
+    ip.run_line_magic("load_ext", "potluck.jupyter_ext.ai")
+except RuntimeError as e:
+    print(json.dumps({"error": str(e)}))
+    sys.exit(0)
 out = ip.run_cell_magic("ai", "-f text", sys.argv[1])
 print(json.dumps({"answer": str(out)}))
 """
@@ -122,6 +126,9 @@ def test_jupyternaut_answers_through_potluck_with_its_tools(ai_engine, tmp_path)
     assert {"read_notebook_cells", "add_cell", "run_cell", "bash"} <= set(first["tools"]), first["tools"]
     reply = "".join(out["replies"])
     assert reply.strip() and not reply.startswith("Error:"), out["replies"]
+    # The key (the user's token) is in no file jupyter-ai writes or shows: its config holds the model only.
+    config = (tmp_path / "home" / "data" / "jupyter_ai" / "config.json").read_text()
+    assert f"openai/{served}" in config and ai_engine.token("jupyternaut-user") not in config
     after = me.get("/api/me").json()["usage"]
     # That tenant's usage went up: the answer came from this engine, as this user.
     assert after["prefill_tokens"] - before["prefill_tokens"] > 1000      # the system prompt and tool schemas
@@ -135,3 +142,12 @@ def test_ai_magic_answers_through_potluck_by_default(ai_engine, tmp_path):
     assert out["answer"].strip() and not out["answer"].startswith("Error"), out
     after = me.get("/api/me").json()["usage"]
     assert after["decode_tokens"] > before["decode_tokens"]
+
+
+def test_ai_magic_leaves_a_users_own_openai_endpoint_alone(ai_engine, tmp_path):
+    # A user who set their own OpenAI endpoint and key: the preset never points %%ai at Potluck,
+    # so that key is never sent to the engine, and says so in one line.
+    env = {**ai_env(ai_engine, tmp_path, "ai-magic-user"), "OPENAI_BASE_URL": "https://api.openai.com/v1",
+           "OPENAI_API_KEY": "sk-the-users-own"}
+    out = run_ai(MAGIC, "Say hi.", env, tmp_path)
+    assert "OPENAI_BASE_URL is not the engine's /v1" in out["error"], out
