@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 AI_PYTHON = ROOT / ".venv-ai" / "bin" / "python"
 
 pytestmark = pytest.mark.skipif(
-    subprocess.run([str(AI_PYTHON), "-c", "import jupyter_ai_jupyternaut, jupyter_ai_magic_commands"],
+    subprocess.run([str(AI_PYTHON), "-c", "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in "
+                    "('jupyter_ai_jupyternaut', 'jupyter_ai_magic_commands', 'potluck.jupyter_ext.ai')))"],
                    capture_output=True).returncode != 0 if AI_PYTHON.exists() else True,
     reason=f"jupyter-ai is not installed in {AI_PYTHON.parent.parent} (`make venv` makes that venv)")
 
