@@ -26,7 +26,6 @@ user's own key), nothing here points jupyter-ai at Potluck, so that key is never
 from __future__ import annotations
 
 import json
-import logging
 import os
 import urllib.request
 
@@ -36,8 +35,6 @@ from traitlets.config import LoggingConfigurable
 ALIAS = "potluck"                     # the name `%%ai` knows the served model by
 MODEL_ENV = "POTLUCK_MODEL"
 JUPYTERNAUT = "jupyter_ai_jupyternaut"
-
-log = logging.getLogger(__name__)
 
 
 class PotluckAI(LoggingConfigurable):
