@@ -290,5 +290,11 @@ def load_runtime(cfg, loaded: LoadedModel | None = None) -> Runtime:
     log.info("engine ready: model %s on %s (%s), profile %s, KV pool %d pages of %d tokens = %d MB (%s)",
              loaded.name, device.name, profile.dtype, profile.name, slots, profile.page_size,
              slots * page_bytes >> 20, why)
+    if slots * profile.page_size < max_context:
+        # Every page of a context must be on the device for its step: one longer than the pool
+        # could never run, and would wait forever. The window served is what the pool can hold.
+        log.warning("context window cut from %d to %d tokens: the KV pool holds no more (set kv_pages to raise it)",
+                    max_context, slots * profile.page_size)
+        max_context = slots * profile.page_size
     return Runtime(device, profile, loaded.name, loaded.tokenizer, max_context, eos_ids, pool,
                    ModelRunner(loaded.model, pool, ConstraintCompiler(loaded.tokenizer, mc.vocab_size, eos_ids)))

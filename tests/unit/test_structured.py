@@ -140,3 +140,16 @@ def test_a_context_under_a_grammar_samples_only_what_it_allows(engine):
     with pytest.raises(BadRequest):
         engine.constrain_context("alice", ctx, Structured("regex", "(bad"))
     engine.drop_context("alice", ctx)
+
+
+def test_a_prompt_larger_than_the_kv_pool_is_refused_not_left_waiting(tokenizer, tiny_weights):
+    from tiny_engine import make_engine
+    small = make_engine(tokenizer, tiny_weights, kv_pages=8).start()     # 8 pages of 16 tokens
+    try:
+        assert small.max_context == 8 * small.pool.page_size
+        with pytest.raises(BadRequest) as e:
+            small.generate("alice", tokens=list(range(10, 10 + 200)), max_tokens=4)
+        assert e.value.code == "context_length_exceeded" and "maximum context length is 128" in e.value.message
+        assert len(small.generate("alice", tokens=list(range(10, 100)), max_tokens=4).result(timeout=60).tokens) <= 4
+    finally:
+        small.stop()
