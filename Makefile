@@ -70,4 +70,4 @@ soak: venv
 	$(PY) benchmarks/soak_hostile.py
 
 clean:
-	rm -rf $(VENV) *.egg-info build dist labextension/node_modules labextension/lib labextension/lib-test labextension/tsconfig.tsbuildinfo jupyter_ext/labextension
+	rm -rf $(VENV) $(VENV)-ai *.egg-info build dist labextension/node_modules labextension/lib labextension/lib-test labextension/tsconfig.tsbuildinfo jupyter_ext/labextension
