@@ -15,6 +15,7 @@ import { Widget } from '@lumino/widgets';
 
 import { el, section, setText, syncRows, table, td } from './dom';
 import {
+  approx,
   eventText,
   failureText,
   formatAge,
