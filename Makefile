@@ -61,6 +61,7 @@ bench: venv
 	$(PY) benchmarks/bench_fairness.py
 	$(PY) benchmarks/bench_isolation.py
 	$(PY) benchmarks/bench_isolation_latency.py
+	$(PY) benchmarks/bench_structured.py
 
 # Not part of `make test`: 10 minutes of runs from 20 tenants plus thousands of client hang-ups,
 # watching the engine's RSS, pages, threads and fds (SOAK_MINUTES=1 for a quick try).
