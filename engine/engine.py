@@ -181,7 +181,6 @@ class Engine:
             cap = t.quota.max_tokens_per_request
             max_tokens = min(default_max_tokens, cap) if cap else default_max_tokens
         check_max_tokens(max_tokens)
-        check_context_window(len(ids), max_tokens, self.max_context)
         sampler = (sampler or Sampler()).validate(self.vocab_size)
         stop = check_stop(stop)
         stop_ids = set(check_tokens(stop_token_ids or [], self.vocab_size, allow_empty=True))
@@ -197,6 +196,9 @@ class Engine:
                 for i in range(n):
                     # The prompt is computed once; each further choice feeds one token of it again.
                     allowed = t.check_request(len(ids) if i == 0 else 1, max_tokens)
+                    if i == 0:
+                        # After the tenant's own per-request limit, which names what to change.
+                        check_context_window(len(ids), max_tokens, self.max_context)
                     seq = Sequence(t.name, self.pool.new_context(next(self._ids), t.name), prio, None)
                     seq.use_sampler(sampler, self.contexts.device)
                     g = Generation(self.loop, next(self._ids), seq, ids, allowed, self.max_context, stop, stop_ids,

@@ -245,8 +245,18 @@ class OpenAIHandler(OpenAIErrors, GenerationHandler):
         await self.send(sse({"error": {"message": shaped.pop("message"), "type": _ERROR_TYPES.get(
             g.error.status, "server_error"), "param": shaped.pop("param", None), "code": shaped.pop("code")}}))
 
-    def failed(self, gens) -> object | None:
-        return next((g for g in gens if g.error is not None), None)
+    async def results(self, gens, stream: bool) -> list | None:
+        """Every choice's result; None when there is nothing more to send (the client left, or a
+        failed choice ended the stream with an error event). A failure raises when not streaming."""
+        if self.client_gone:
+            return None
+        bad = next((g for g in gens if g.error is not None), None)
+        if bad is not None:
+            if not stream:
+                raise bad.error
+            await self.fail_stream(bad)
+            return None
+        return [g.result(timeout=0) for g in gens]
 
 
 class ChatCompletionsHandler(OpenAIHandler):
@@ -302,15 +312,9 @@ class ChatCompletionsHandler(OpenAIHandler):
                     out.append(chunk([{"index": i, "delta": delta, "logprobs": lps, "finish_reason": None}]))
             if stream and out and not await self.send("".join(out)):
                 return
-        if self.client_gone:
+        results = await self.results(gens, stream)
+        if results is None:
             return
-        bad = self.failed(gens)
-        if bad is not None:
-            if not stream:
-                raise bad.error
-            await self.fail_stream(bad)
-            return
-        results = [g.result(timeout=0) for g in gens]
         usage = self.usage(gens, results)
         if stream:
             tail = []
@@ -480,15 +484,9 @@ class CompletionsHandler(OpenAIHandler):
                 out.append(chunk([{"index": i, "text": ev.text, "logprobs": part, "finish_reason": None}]))
             if stream and out and not await self.send("".join(out)):
                 return
-        if self.client_gone:
+        results = await self.results(gens, stream)
+        if results is None:
             return
-        bad = self.failed(gens)
-        if bad is not None:
-            if not stream:
-                raise bad.error
-            await self.fail_stream(bad)
-            return
-        results = [g.result(timeout=0) for g in gens]
         usage = self.usage(gens, results)
         if stream:
             tail = [chunk([{"index": i, "text": "", "logprobs": None, "finish_reason": r.finish_reason}])

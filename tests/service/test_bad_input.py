@@ -59,7 +59,8 @@ def test_wrong_fields_are_named(ivan, body, status, code, param):
     ({"prompt": "hi", "messages": [{"role": "user", "content": "hi"}]}, 400, "invalid_prompt"),
     ({"prompt": "hi", "max_tokens": -1}, 400, "invalid_max_tokens"),
     ({"prompt": "hi", "max_tokens": 0}, 400, "invalid_max_tokens"),
-    ({"prompt": "hi", "max_tokens": 10**12}, 400, "context_length_exceeded"),
+    # Over the tenant's max_tokens_per_request and the context window: the tenant's limit is named first.
+    ({"prompt": "hi", "max_tokens": 10**12}, 413, "request_too_large"),
     ({"prompt": "hi", "max_tokens": 5000}, 413, "request_too_large"),
     ({"prompt": "hello " * 9000, "max_tokens": 1}, 400, "context_length_exceeded"),
     ({"prompt": "hi", "temperature": -1}, 400, "invalid_sampling"),
