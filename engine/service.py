@@ -42,7 +42,7 @@ from tornado.httpserver import HTTPServer
 from . import __version__
 from .auth import Authenticator
 from .engine import Engine
-from .http import admin, contexts, dashboard, generate, me, metrics, openai, responses, runs, status
+from .http import admin, completions, contexts, dashboard, generate, me, metrics, openai, responses, runs, status
 from .http.base import NotFoundHandler
 from .http.fairpool import FairPool
 from .hubgroups import kv_pool_warnings
@@ -66,6 +66,7 @@ ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
     *runs.default_handlers,
     *admin.default_handlers,
     *openai.default_handlers,
+    *completions.default_handlers,
     *responses.default_handlers,
     *metrics.default_handlers,
     *dashboard.default_handlers,

@@ -1,7 +1,7 @@
 """The engine's HTTP API, one module per resource.
 
 Each module (``status``, ``me``, ``generate``, ``contexts``, ``runs``,
-``admin``, ``openai``, ``metrics``) ends with ``default_handlers``: its
+``admin``, ``openai``, ``completions``, ``responses``, ``metrics``) ends with ``default_handlers``: its
 ``(path, handler)`` pairs, paths relative to the service's base URL.
 ``service.py`` joins them into the routes. ``base.py`` is what every handler
 shares (admission, JSON errors, the body); ``streams.py`` how one generation

@@ -278,8 +278,7 @@ class RunImports:
         return self.samplers[n - 1]
 
     @host_call("context.constrain")
-    def constrain(self, handle: int, spec_json: str) -> None:
-        # Not in MODEL_WAIT: compiling the grammar is host work done for the run, charged to its time.
+    def constrain(self, handle: int, spec_json: str) -> None:   # not MODEL_WAIT: compiling is the run's time
         spec = None
         if spec_json:
             if len(spec_json) > MAX_MESSAGE_BYTES:
