@@ -88,9 +88,11 @@ class CompletionsHandler(OpenAIHandler):
                     continue
                 if echo and not echoed[i]:
                     text, part = echo_part(i)
-                    out.append(chunk([{"index": i, "text": text, "logprobs": part, "finish_reason": None}]))
+                    if stream:
+                        out.append(chunk([{"index": i, "text": text, "logprobs": part, "finish_reason": None}]))
                 part = lps[i].add([ev]) if want_logprobs else None
-                out.append(chunk([{"index": i, "text": ev.text, "logprobs": part, "finish_reason": None}]))
+                if stream:      # a whole answer is written once, at the end: no per-token chunk
+                    out.append(chunk([{"index": i, "text": ev.text, "logprobs": part, "finish_reason": None}]))
             if stream and out and not await self.send("".join(out)):
                 return
         results = await self.results(gens, stream)
