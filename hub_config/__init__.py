@@ -25,6 +25,21 @@ What it sets (each with the Hub's own traits, so ``jupyterhub --help-all`` expla
   them as flat ``potluck.<field>`` properties only into a group that has no Potluck quota yet;
   the service's role gets ``groups!group=<name>`` for exactly those groups.
 
+Several engines (``pools=``): a hub that outgrows one GPU host groups its engines into pools,
+one per accelerator class; engine *i* of pool *P* is the service ``potluck-P-i``, and a user's pool
+is the ``pool`` field of their groups' Potluck quota (else ``default_pool``)::
+
+    potluck.hub_config.configure(c, default_pool="cpu", db_url="postgresql+psycopg://potluck@db/potluck",
+        pools={"h100": {"engines": ["http://gpu-1:8765", "http://gpu-2:8765"], "accelerator": "h100",
+                        "external": True},
+               "cpu": {"engines": ["http://127.0.0.1:8766"]}})
+
+Every engine gets the same roles and scopes as the single one; servers and kernels get
+``POTLUCK_POOLS`` (the pool map, ``potluck.engine.pools.PoolMap``) instead of one ``POTLUCK_URL``:
+the server extension asks the engines which one serves its user and routes there (see
+``docs/deploy.md``). All engines of a hub share one database (``db_url``, given to managed engines
+as ``$POTLUCK_DB_URL`` so no password shows on a command line).
+
 It never touches the engine's own state; per-user quota overrides live in the engine
 (``PUT /api/admin/quotas/users/{name}``).
 """
@@ -35,6 +50,7 @@ import json
 import sys
 from urllib.parse import urlparse
 
+from potluck.engine.pools import POOLS_ENV, PoolMap, check_pool_name, engine_service_name
 from potluck.engine.protocol import ADMIN_SCOPE, SERVICE_NAME, TIER_SCOPE
 
 DEFAULT_URL = "http://127.0.0.1:8765"
@@ -68,13 +84,16 @@ def configure(c, *, engine_url: str | None = None, url: str = DEFAULT_URL, engin
               data_dir: str | None = None, model: str | None = None, api_token: str | None = None,
               name: str = SERVICE_NAME, admin_users: set[str] | list[str] = (),
               groups: dict[str, dict | None] | None = None, model_tiers: dict[str, dict] | None = None,
-              kernel_url: str | None = None, display: bool = False) -> None:
-    """Register the Potluck engine with the Hub configured by ``c``.
+              kernel_url: str | None = None, display: bool = False,
+              pools: dict[str, dict] | None = None, default_pool: str | None = None,
+              db_url: str | None = None) -> None:
+    """Register the Potluck engine (or pools of engines) with the Hub configured by ``c``.
 
     engine_url: an external engine's URL (the Hub only routes to it); None: a managed
         service the Hub starts at ``url`` with ``potluck engine`` (+ ``engine_args``).
     url: where the managed engine listens (host:port only; it serves under /services/<name>/).
-    data_dir, model: shortcuts for ``--data-dir`` and ``--model`` of the managed engine.
+    data_dir, model: shortcuts for ``--data-dir`` and ``--model`` of the managed engine(s); with
+        pools each managed engine gets its own ``data_dir/<service name>``.
     api_token: the service's Hub API token (needed for an external engine; generated for a managed one).
     admin_users: users who are engine admins without being hub admins (hub admins always are).
     groups: default groups, ``{"students": {"tokens_per_minute": 20000}}``: each is created, and
@@ -86,46 +105,42 @@ def configure(c, *, engine_url: str | None = None, url: str = DEFAULT_URL, engin
     kernel_url: the engine's URL as servers and kernels should reach it. Default: the engine's
         own URL (``url`` or ``engine_url``) plus the service prefix, direct rather than through
         the proxy (right when servers run on the Hub's host; give the Hub's internal host name
-        for containers or Kubernetes).
+        for containers or Kubernetes). Not used with pools (each engine item has its own).
     display: show the service on the Hub's home page (its root is the admin dashboard, for engine
         admins; off by default).
+    pools: ``{pool: {"engines": [URL or {"url", "kernel_url", "api_token", "external"}, ...],
+        "accelerator": "h100", "external": False, "engine_args": [...], "model": ...}}``, in the
+        hub's order of preference (a user whose groups name two pools gets the first). Engines
+        are managed unless ``external``. Replaces ``engine_url``/``url``/``name``.
+    default_pool: the pool of users whose groups name none (default: the only pool).
+    db_url: the database every engine shares (PostgreSQL); required with more than one engine.
     """
-    major = _jupyterhub_major()
-    prefix = f"/services/{name}/"
-    service: dict = {"name": name, "display": display}
-    if engine_url is None:
-        bind = urlparse(url)
-        if not bind.hostname or not bind.port:
-            raise ValueError(f"url must be http://HOST:PORT, got {url!r}")
-        args = list(engine_args)
-        if data_dir:
-            args.append(f"--data-dir={data_dir}")
-        if model:
-            args.append(f"--model={model}")
-        service["url"] = f"{bind.scheme}://{bind.hostname}:{bind.port}"
-        service["command"] = [sys.executable, "-m", "potluck.engine.app", "engine", *args]
-        engine_base = service["url"]
+    if pools is not None:
+        if engine_url is not None:
+            raise ValueError("give either engine_url (one engine) or pools, not both")
+        engines, pool_map = _pool_engines(pools, default_pool, engine_args, data_dir, model, db_url)
     else:
-        service["url"] = engine_url.rstrip("/")
-        if api_token:
-            service["api_token"] = api_token
-        engine_base = service["url"]
-    if api_token and engine_url is None:
-        service["api_token"] = api_token
-    c.JupyterHub.services = [s for s in _get(c.JupyterHub, "services", []) if s.get("name") != name] + [service]
+        engines = [_single_engine(name, engine_url, url, engine_args, data_dir, model, api_token, kernel_url, db_url)]
+        pool_map = None
+    major = _jupyterhub_major()
+    names = [e["service"]["name"] for e in engines]
+    existing = {s.get("name"): s for s in _get(c.JupyterHub, "services", [])}
+    services = []
+    for e in engines:
+        service = dict(e["service"], display=display)
+        before = existing.get(service["name"]) or {}
+        if "command" not in service and "api_token" not in service and before.get("api_token"):
+            service["api_token"] = before["api_token"]     # e.g. z2jh's hub.services.<name>.apiToken
+        services.append(service)
+    c.JupyterHub.services = [s for s in existing.values() if s.get("name") not in names] + services
 
     # The engine reads who a token is with the token itself; its own token reads groups' quotas,
     # and may write the properties of the default groups it seeds (those groups only).
     seeds = {g: dict(q) for g, q in (groups or {}).items() if q is not None}
-    _add_role(c, {"name": f"{name}-service", "description": "The Potluck engine: read users and group quotas",
+    role_name = f"{name}-service" if pools is None else f"{SERVICE_NAME}-service"
+    _add_role(c, {"name": role_name, "description": "The Potluck engine: read users and group quotas",
                   "scopes": ["read:users", "read:groups", *(f"groups!group={g}" for g in sorted(seeds))],
-                  "services": [name]})
-    if seeds:
-        if engine_url is not None:
-            print(f"potluck.hub_config: set c.HubAuthenticator.seed_groups = {seeds!r} "
-                  "in the external engine's potluck_config.py", file=sys.stderr)
-        else:
-            service["command"].append(f"--HubAuthenticator.seed_groups={json.dumps(seeds)}")
+                  "services": names})
 
     custom = dict(_get(c.JupyterHub, "custom_scopes", {}))
     custom[ADMIN_SCOPE] = {"description": "Administer the Potluck engine: every tenant's usage, quotas and runs"}
@@ -136,49 +151,37 @@ def configure(c, *, engine_url: str | None = None, url: str = DEFAULT_URL, engin
         tier_quotas[scope] = dict(fields)
     c.JupyterHub.custom_scopes = custom
     if admin_users:
-        _add_role(c, {"name": f"{name}-admins", "description": "Potluck engine admins",
-                      "scopes": [ADMIN_SCOPE], "users": sorted(admin_users)})
-    if tier_quotas:
-        if engine_url is not None:
-            # An external engine reads this from its own config; say what it must hold.
-            print(f"potluck.hub_config: set c.HubAuthenticator.scope_quotas = {tier_quotas!r} "
-                  "in the external engine's potluck_config.py", file=sys.stderr)
-        else:
-            service["command"].append(f"--HubAuthenticator.scope_quotas={json.dumps(tier_quotas)}")
+        _add_role(c, {"name": f"{SERVICE_NAME if pools is not None else name}-admins",
+                      "description": "Potluck engine admins", "scopes": [ADMIN_SCOPE], "users": sorted(admin_users)})
 
-    # Every user may use the service, and their servers' tokens (inherited by kernels) carry it.
-    scope = access_scope(name)
+    # What each engine must be told: managed ones on their command line, external ones by their admin.
+    for service, e in zip(services, engines):
+        settings = dict(e["settings"])
+        if seeds:
+            settings["HubAuthenticator.seed_groups"] = json.dumps(seeds)
+        if tier_quotas:
+            settings["HubAuthenticator.scope_quotas"] = json.dumps(tier_quotas)
+        if "command" in service:
+            service["command"] = service["command"] + [f"--{k}={v}" for k, v in settings.items()]
+        elif settings:
+            print(f"potluck.hub_config: the external engine {service['name']} needs, in its potluck_config.py "
+                  "or command line: " + " ".join(f"--{k}={v}" for k, v in settings.items()), file=sys.stderr)
+
+    # Every user may use the services, and their servers' tokens (inherited by kernels) carry it.
+    scopes = [access_scope(n) for n in names]
     # The dashboard at /services/<name>/ logs admins in through the Hub's OAuth: its token may
     # read and write groups (quota edits with the admin's own rights) and carry the engine's admin
     # scope. A token only ever gets the subset its user already holds, so nobody gains a right.
-    service["oauth_client_allowed_scopes"] = [scope, "read:groups", "groups", ADMIN_SCOPE]
-    if major >= 6:
-        c.JupyterHub.extra_user_scopes = set(_get(c.JupyterHub, "extra_user_scopes", set())) | {scope}
-    else:
-        roles = list(_get(c.JupyterHub, "load_roles", []))
-        user_role = next((r for r in roles if r.get("name") == "user"), None)
-        if user_role is None:
-            _add_role(c, {"name": "user", "scopes": ["self", scope]})
-        elif scope not in user_role.setdefault("scopes", ["self"]):
-            user_role["scopes"].append(scope)
-            c.JupyterHub.load_roles = roles
-    server_scopes = _get(c.Spawner, "server_token_scopes", None)
-    if callable(server_scopes):
-        inner = server_scopes
-
-        async def with_potluck(spawner, _inner=inner):
-            from jupyterhub.utils import maybe_future
-            got = list(await maybe_future(_inner(spawner)))
-            return got + [s for s in (scope, ADMIN_SCOPE) if s not in got]
-        c.Spawner.server_token_scopes = with_potluck
-    else:
-        current = list(server_scopes or SERVER_TOKEN_DEFAULTS)
-        # custom:potluck:admin is only granted where the user holds it (the token gets the subset).
-        extra = [scope, ADMIN_SCOPE] + list(tier_quotas)
-        c.Spawner.server_token_scopes = current + [s for s in extra if s not in current]
+    for service in services:
+        service["oauth_client_allowed_scopes"] = [access_scope(service["name"]), "read:groups", "groups", ADMIN_SCOPE]
+    _grant_users(c, major, scopes)
+    _grant_server_tokens(c, scopes + [ADMIN_SCOPE] + list(tier_quotas))
 
     env = dict(_get(c.Spawner, "environment", {}))
-    env.setdefault("POTLUCK_URL", (kernel_url or engine_base).rstrip("/") + prefix)
+    if pool_map is None:
+        env.setdefault("POTLUCK_URL", engines[0]["kernel_url"])
+    else:
+        env[POOLS_ENV] = pool_map.to_json()
     c.Spawner.environment = env
 
     if groups:
@@ -190,3 +193,115 @@ def configure(c, *, engine_url: str | None = None, url: str = DEFAULT_URL, engin
             load[gname] = spec
         c.JupyterHub.load_groups = load
 
+
+def _managed_command(args: list[str], data_dir: str | None, model: str | None) -> list[str]:
+    args = list(args)
+    if data_dir:
+        args.append(f"--data-dir={data_dir}")
+    if model:
+        args.append(f"--model={model}")
+    return [sys.executable, "-m", "potluck.engine.app", "engine", *args]
+
+
+def _bind_url(url: str, what: str) -> str:
+    bind = urlparse(url)
+    if bind.scheme not in ("http", "https") or not bind.hostname or not bind.port:
+        raise ValueError(f"{what} must be http://HOST:PORT, got {url!r}")
+    return f"{bind.scheme}://{bind.hostname}:{bind.port}"
+
+
+def _single_engine(name, engine_url, url, engine_args, data_dir, model, api_token, kernel_url, db_url) -> dict:
+    """One engine, as before pools: the service, the URL kernels use, settings it must be told."""
+    if engine_url is None:
+        service = {"name": name, "url": _bind_url(url, "url"),
+                   "command": _managed_command(engine_args, data_dir, model)}
+        if db_url:
+            service["environment"] = {"POTLUCK_DB_URL": db_url}
+    else:
+        service = {"name": name, "url": engine_url.rstrip("/")}
+    if api_token:
+        service["api_token"] = api_token
+    prefix = f"/services/{name}/"
+    return {"service": service, "settings": {},
+            "kernel_url": (kernel_url or service["url"]).rstrip("/") + prefix}
+
+
+def _pool_engines(pools: dict, default_pool, engine_args, data_dir, model, db_url) -> tuple[list[dict], PoolMap]:
+    """Each pool's engines as Hub services, and the pool map servers and kernels get."""
+    if not pools:
+        raise ValueError("pools is empty: give at least one pool with its engines")
+    order = [check_pool_name(p) for p in pools]
+    if default_pool is None:
+        if len(order) > 1:
+            raise ValueError(f"default_pool is required with several pools (one of {', '.join(order)})")
+        default_pool = order[0]
+    engines, urls, accelerators = [], {}, {}
+    for pool, spec in pools.items():
+        spec = dict(spec or {})
+        unknown = set(spec) - {"engines", "accelerator", "external", "engine_args", "model"}
+        if unknown:
+            raise ValueError(f"pool {pool!r}: unknown key(s) {', '.join(sorted(unknown))} "
+                             "(engines, accelerator, external, engine_args, model)")
+        items = spec.get("engines") or []
+        if isinstance(items, str) or not items:
+            raise ValueError(f"pool {pool!r} needs engines: a list of URLs")
+        if spec.get("accelerator"):
+            accelerators[pool] = str(spec["accelerator"])
+        urls[pool] = {}
+        for i, item in enumerate(items):
+            item = {"url": item} if isinstance(item, str) else dict(item)
+            name = engine_service_name(pool, i)
+            bind = _bind_url(item.get("url", ""), f"pool {pool!r} engine {i}'s url")
+            if item.get("external", spec.get("external", False)):
+                service = {"name": name, "url": bind}
+            else:
+                service = {"name": name, "url": bind,
+                           "command": _managed_command([*engine_args, *spec.get("engine_args", [])],
+                                                       data_dir and f"{data_dir.rstrip('/')}/{name}",
+                                                       spec.get("model") or model)}
+                if db_url:
+                    service["environment"] = {"POTLUCK_DB_URL": db_url}
+            if item.get("api_token"):
+                service["api_token"] = item["api_token"]
+            settings = {"PotluckEngine.pool": pool, "PotluckEngine.pools": json.dumps(order),
+                        "PotluckEngine.default_pool": default_pool}
+            if spec.get("accelerator"):
+                settings["PotluckEngine.accelerator"] = str(spec["accelerator"])
+            kernel = (item.get("kernel_url") or bind).rstrip("/") + f"/services/{name}/"
+            engines.append({"service": service, "settings": settings, "kernel_url": kernel})
+            urls[pool][name] = kernel
+    if len(engines) > 1 and not db_url:
+        raise ValueError("several engines need db_url: they share one database (PostgreSQL) for tokens, "
+                         "quotas, usage and saved contexts")
+    return engines, PoolMap(pools=urls, default_pool=default_pool, accelerators=accelerators)
+
+
+def _grant_users(c, major: int, scopes: list[str]) -> None:
+    if major >= 6:
+        c.JupyterHub.extra_user_scopes = set(_get(c.JupyterHub, "extra_user_scopes", set())) | set(scopes)
+        return
+    roles = list(_get(c.JupyterHub, "load_roles", []))
+    user_role = next((r for r in roles if r.get("name") == "user"), None)
+    if user_role is None:
+        _add_role(c, {"name": "user", "scopes": ["self", *scopes]})
+        return
+    have = user_role.setdefault("scopes", ["self"])
+    have.extend(s for s in scopes if s not in have)
+    c.JupyterHub.load_roles = roles
+
+
+def _grant_server_tokens(c, extra: list[str]) -> None:
+    """Servers' tokens (and so their kernels') carry the engines' scopes; the admin and tier scopes
+    only where the user holds them (a token gets the subset its owner has)."""
+    server_scopes = _get(c.Spawner, "server_token_scopes", None)
+    if callable(server_scopes):
+        inner = server_scopes
+
+        async def with_potluck(spawner, _inner=inner):
+            from jupyterhub.utils import maybe_future
+            got = list(await maybe_future(_inner(spawner)))
+            return got + [s for s in extra if s not in got]
+        c.Spawner.server_token_scopes = with_potluck
+    else:
+        current = list(server_scopes or SERVER_TOKEN_DEFAULTS)
+        c.Spawner.server_token_scopes = current + [s for s in extra if s not in current]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from traitlets.config import Config
@@ -85,3 +86,59 @@ def test_configure_keeps_what_the_config_already_had():
     hub_config.configure(c)                          # twice: still one service, one role
     assert [s["name"] for s in c.JupyterHub.services] == ["other", "potluck"]
     assert [r["name"] for r in c.JupyterHub.load_roles].count("potluck-service") == 1
+
+
+POOLS = {"h100": {"engines": ["http://gpu-1:8765", {"url": "http://gpu-2:8765", "api_token": "t2"}],
+                  "accelerator": "h100", "external": True},
+         "cpu": {"engines": ["http://127.0.0.1:8766"], "engine_args": ["--kv-pages=64"]}}
+DB = "postgresql+psycopg://potluck@db/potluck"
+
+
+def test_pools_make_one_service_per_engine_named_by_pool_and_index():
+    c = configured(pools=POOLS, default_pool="cpu", db_url=DB, data_dir="/srv/potluck")
+    svcs = {s["name"]: s for s in c.JupyterHub.services}
+    assert list(svcs) == ["potluck-h100-0", "potluck-h100-1", "potluck-cpu-0"]
+    # external: only routed to, never started; managed: started with its pool settings and own data dir
+    assert "command" not in svcs["potluck-h100-0"] and svcs["potluck-h100-1"]["api_token"] == "t2"
+    cmd = svcs["potluck-cpu-0"]["command"]
+    assert {"--kv-pages=64", "--data-dir=/srv/potluck/potluck-cpu-0", "--PotluckEngine.pool=cpu",
+            "--PotluckEngine.default_pool=cpu", '--PotluckEngine.pools=["h100", "cpu"]'} <= set(cmd)
+    # the password-bearing URL is in the environment, not on the command line (ps shows that)
+    assert svcs["potluck-cpu-0"]["environment"] == {"POTLUCK_DB_URL": DB} and not any(DB in a for a in cmd)
+    role = next(r for r in c.JupyterHub.load_roles if r["name"] == "potluck-service")
+    assert role["services"] == list(svcs)
+    assert {f"access:services!service={n}" for n in svcs} <= set(c.Spawner.server_token_scopes)
+
+
+def test_pools_give_servers_the_pool_map_not_one_url():
+    from potluck.engine.pools import PoolMap
+    c = configured(pools=POOLS, default_pool="cpu", db_url=DB)
+    assert "POTLUCK_URL" not in c.Spawner.environment
+    m = PoolMap.from_json(c.Spawner.environment["POTLUCK_POOLS"])
+    assert m.default_pool == "cpu" and m.accelerators == {"h100": "h100"}
+    assert m.pools == {"h100": {"potluck-h100-0": "http://gpu-1:8765/services/potluck-h100-0/",
+                                "potluck-h100-1": "http://gpu-2:8765/services/potluck-h100-1/"},
+                       "cpu": {"potluck-cpu-0": "http://127.0.0.1:8766/services/potluck-cpu-0/"}}
+
+
+def test_an_external_engine_keeps_the_token_z2jh_already_registered():
+    c = Config()
+    c.JupyterHub.services = [{"name": "potluck-h100-0", "api_token": "from-z2jh"}]
+    hub_config.configure(c, pools=POOLS, default_pool="cpu", db_url=DB)
+    svc = next(s for s in c.JupyterHub.services if s["name"] == "potluck-h100-0")
+    assert svc["api_token"] == "from-z2jh" and svc["url"] == "http://gpu-1:8765"
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"pools": POOLS}, "default_pool is required"),
+    ({"pools": POOLS, "default_pool": "tpu", "db_url": DB}, "default_pool 'tpu' is not one of the pools"),
+    ({"pools": POOLS, "default_pool": "cpu"}, "several engines need db_url"),
+    ({"pools": {"H100!": {"engines": ["http://a:1"]}}}, "pool name 'H100!'"),
+    ({"pools": {"cpu": {"engines": "http://a:1"}}}, "needs engines: a list of URLs"),
+    ({"pools": {"cpu": {"engines": ["gpu-1"]}}}, "must be http://HOST:PORT"),
+    ({"pools": {"cpu": {"engines": ["http://a:1"], "gpus": 2}}}, "unknown key(s) gpus"),
+    ({"pools": {"cpu": {"engines": ["http://a:1"]}}, "engine_url": "http://b:2"}, "either engine_url"),
+])
+def test_a_bad_pool_spec_is_one_clear_error(kw, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        configured(**kw)
