@@ -111,6 +111,9 @@ class PoolMap:
             raise KeyError(f"no engine named {engine!r} in the hub's pools")
         return self.pools[pool][engine]
 
+    def engine_at(self, url: str) -> str | None:
+        return next((e for engines in self.pools.values() for e, u in engines.items() if u == url), None)
+
     def ranked(self, tenant: str, pool: str) -> list[str]:
         return rendezvous_rank(tenant, self.pools[pool])
 

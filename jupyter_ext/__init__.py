@@ -18,7 +18,7 @@ def _load_jupyter_server_extension(serverapp) -> None:
     from .handlers import setup_handlers
     ext = PotluckExtension(parent=serverapp, config=serverapp.config)
     url, how = ext.export_for_kernels()
-    setup_handlers(serverapp.web_app, ext, url, how)
+    setup_handlers(serverapp.web_app, ext)
     serverapp.log.info("Potluck: kernels connect to the engine at %s (from %s)%s", url, how,
                        "" if ext.find_token() else "; no token yet: set POTLUCK_TOKEN or "
                        "c.PotluckExtension.token")

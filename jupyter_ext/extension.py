@@ -11,16 +11,24 @@ accepts as this user. So that every OpenAI client works with no arguments
 token the kernels use), unless the user's environment already names another
 OpenAI endpoint or key. It never hands the token to the browser: the lab
 frontend goes through ``handlers.py`` on the same origin.
+
+With several engines (``$POTLUCK_POOLS``, set by ``potluck.hub_config`` with
+``pools=``) it asks the engines which one serves this user (their pool, then
+the engine rendezvous hashing picks in it) and points kernels there; when that
+engine stops answering, ``reroute`` finds the next one, says so in one line
+(the server log, the lab's ``config``), and points newly started kernels at it.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from urllib.parse import urlparse
 
 from traitlets import Bool, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
+from potluck.engine.pools import EngineRouter, NoEngine, PoolMap
 from potluck.engine.protocol import SERVICE_NAME
 
 STANDALONE_URL = "http://127.0.0.1:8765/"
@@ -57,6 +65,13 @@ class PotluckExtension(LoggingConfigurable):
         """``(url, how it was found)``; the URL ends with a slash."""
         if self.engine_url:
             return self.engine_url.rstrip("/") + "/", "PotluckExtension.engine_url"
+        if self.router is not None:
+            try:
+                return self.router.url(), f"pool {self.router.pool!r}, engine {self.router.engine}"
+            except NoEngine as e:
+                first = self.router.pools.first_contacts(self.router.tenant)[0]
+                self.notice = str(e)
+                return self.router.pools.url(first), f"the pool map ({e})"
         if os.environ.get("POTLUCK_URL"):
             return os.environ["POTLUCK_URL"].rstrip("/") + "/", "$POTLUCK_URL"
         if os.environ.get("JUPYTERHUB_API_TOKEN"):
@@ -72,18 +87,77 @@ class PotluckExtension(LoggingConfigurable):
     def find_token(self) -> str:
         return self.token or os.environ.get("POTLUCK_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN") or ""
 
+    # ------------------------------------------------------------ pools
+    @property
+    def router(self) -> EngineRouter | None:
+        """This user's router over the hub's pools, or None with one engine."""
+        if not hasattr(self, "_router"):
+            self._router = None
+            self.notice = ""
+            pools = PoolMap.from_env()
+            if pools is not None and not self.engine_url:
+                self._router = EngineRouter(pools, os.environ.get("JUPYTERHUB_USER", ""), self._probe,
+                                            notice=self._moved, wait=self.request_timeout / 4)
+            self._route_lock = threading.Lock()
+        return self._router
+
+    def _probe(self, url: str, timeout: float) -> tuple[int, dict | None]:
+        import requests
+        token = self.find_token()
+        try:
+            r = requests.get(url, headers={"Authorization": f"token {token}"} if token else {}, timeout=timeout)
+        except requests.RequestException as e:
+            raise OSError(str(e)) from None
+        try:
+            return r.status_code, r.json()
+        except ValueError:
+            return r.status_code, None
+
+    def _moved(self, line: str) -> None:
+        self.notice = line
+        self.log.warning("%s", line)
+
+    def reroute(self, failed_url: str, engine: str | None = None) -> str | None:
+        """The engine at ``failed_url`` did not answer (or answered 421 naming ``engine``): the URL
+        to use now, or None when there is nowhere else to go. Blocking: call it off the IOLoop."""
+        router = self.router
+        if router is None:
+            return None
+        with self._route_lock:
+            if router.engine is not None and router.pools.url(router.engine) != failed_url:
+                return router.pools.url(router.engine)       # another request moved us already
+            try:
+                if engine is not None and router.pools.pool_of(engine) is not None:
+                    router.follow(engine)
+                else:
+                    router.failed("connection refused")
+            except NoEngine as e:
+                self._moved(str(e))
+                return None
+            url = router.pools.url(router.engine)
+            self.point_kernels_at(url)
+            return url
+
+    # ------------------------------------------------------------ kernels
     def export_for_kernels(self) -> tuple[str, str]:
         """Put the engine's URL (and a configured token) in the environment kernels inherit."""
         url, how = self.find_engine()
-        os.environ["POTLUCK_URL"] = url
+        self.how = how
         if self.token:
             os.environ["POTLUCK_TOKEN"] = self.token
+        self.point_kernels_at(url)
+        return url, how
+
+    def point_kernels_at(self, url: str) -> None:
+        """Kernels started from now on reach the engine at ``url`` (Potluck's client and OpenAI's)."""
+        old = os.environ.get("POTLUCK_URL")
+        self.url = url
+        os.environ["POTLUCK_URL"] = url
         token = self.find_token()
         if self.openai_env and token:
             base = url + "v1"
-            mine = os.environ.get("OPENAI_BASE_URL") in (None, "", base)
+            ours = (None, "", base) + ((old + "v1",) if old else ())
             # A user's own OpenAI key (no base URL, or another one) is left alone: never send it here.
-            if mine and os.environ.get("OPENAI_API_KEY") in (None, "", token):
+            if os.environ.get("OPENAI_BASE_URL") in ours and os.environ.get("OPENAI_API_KEY") in (None, "", token):
                 os.environ["OPENAI_BASE_URL"] = base
                 os.environ["OPENAI_API_KEY"] = token
-        return url, how

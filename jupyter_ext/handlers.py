@@ -10,7 +10,9 @@ token, and XSRF for browsers), then forwards to the engine as this server's
 user: the browser never holds an engine credential and needs no CORS. The
 engine's answer (status and JSON body, errors included) passes through
 unchanged; an engine that cannot be reached is a 502 that says where it was
-looked for.
+looked for. With several engines, a request the engine never received (it
+did not answer) or refused as another's (421) is sent once more to the
+engine that serves this user now (``PotluckExtension.reroute``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from jupyter_server.utils import url_path_join
 from tornado import web, websocket
 from tornado.ioloop import IOLoop
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from potluck.engine.pools import MISDIRECTED, WRONG_ENGINE
 
 from .extension import PotluckExtension
 
@@ -47,9 +51,8 @@ class EngineProxyHandler(APIHandler):
 
     engine_path = ""
 
-    def initialize(self, ext: PotluckExtension, engine_url: str):
+    def initialize(self, ext: PotluckExtension):
         self.ext = ext
-        self.engine_url = engine_url
 
     async def forward(self, method: str, *args: str) -> None:
         from urllib.parse import parse_qsl, quote, urlencode
@@ -64,20 +67,20 @@ class EngineProxyHandler(APIHandler):
         if method in ("POST", "PUT"):
             body = self.request.body or b"{}"
             headers["Content-Type"] = "application/json"
-        req = HTTPRequest(self.engine_url + path, method=method, headers=headers, body=body,
-                          request_timeout=self.ext.request_timeout, allow_nonstandard_methods=True)
-        try:
-            r = await AsyncHTTPClient().fetch(req, raise_error=False)
-        except (OSError, HTTPClientError) as e:
+        url = self.ext.url
+        r, error = await self._fetch(url + path, method, headers, body)
+        moved = None
+        # Gone (refused, reset: not a timeout, which may be a busy engine) or another's: move once.
+        if isinstance(error, OSError) or _wrong_engine(r) is not None:
+            moved = await IOLoop.current().run_in_executor(
+                None, self.ext.reroute, url, None if error is not None else _wrong_engine(r))
+        if moved is not None and moved != url:
+            url = moved
+            r, error = await self._fetch(url + path, method, headers, body)
+        if error is not None:
             self.set_status(502)
             self.finish(json.dumps({"error": {"code": "engine_unreachable",
-                                              "message": f"cannot reach the Potluck engine at {self.engine_url}: {e}"}}))
-            return
-        if r.code == 599:
-            self.set_status(502)
-            self.finish(json.dumps({"error": {"code": "engine_unreachable",
-                                              "message": f"cannot reach the Potluck engine at {self.engine_url}: "
-                                                         f"{r.error}"}}))
+                                              "message": f"cannot reach the Potluck engine at {url}: {error}"}}))
             return
         self.set_status(r.code)
         if r.code == 204:
@@ -85,6 +88,16 @@ class EngineProxyHandler(APIHandler):
             return
         self.set_header("Content-Type", r.headers.get("Content-Type", "application/json"))
         self.finish(r.body)
+
+    async def _fetch(self, url, method, headers, body):
+        """``(response, None)``, or ``(None, the exception)`` when the engine could not be reached."""
+        req = HTTPRequest(url, method=method, headers=headers, body=body,
+                          request_timeout=self.ext.request_timeout, allow_nonstandard_methods=True)
+        try:
+            r = await AsyncHTTPClient().fetch(req, raise_error=False)
+        except (OSError, HTTPClientError) as e:
+            return None, e
+        return (None, r.error) if r.code == 599 else (r, None)
 
     @web.authenticated
     async def get(self, *args):
@@ -103,31 +116,45 @@ class EngineProxyHandler(APIHandler):
         await self.forward("DELETE", *args)
 
 
+def _wrong_engine(r) -> str | None:
+    """The engine a 421 names as this user's (several engines), else None."""
+    if r is None or r.code != MISDIRECTED:
+        return None
+    try:
+        err = json.loads(r.body)["error"]
+        return err["engine"] if err.get("code") == WRONG_ENGINE else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 class ConfigHandler(APIHandler):
     """Where this server looks for the engine (for the frontend's "not connected" message)."""
 
-    def initialize(self, ext: PotluckExtension, engine_url: str, how: str):
-        self.ext, self.engine_url, self.how = ext, engine_url, how
+    def initialize(self, ext: PotluckExtension):
+        self.ext = ext
 
     @web.authenticated
     async def get(self):
-        self.finish(json.dumps({"engine_url": self.engine_url, "found_by": self.how,
-                                "has_token": bool(self.ext.find_token())}))
+        router = self.ext.router
+        self.finish(json.dumps({"engine_url": self.ext.url, "found_by": self.ext.how,
+                                "has_token": bool(self.ext.find_token()),
+                                "pool": router.pool if router else None,
+                                "engine": router.engine if router else None,
+                                "notice": getattr(self.ext, "notice", "")}))
 
 
 class RunEventsProxyHandler(WebSocketMixin, websocket.WebSocketHandler, JupyterHandler):
     """``WS runs/ID/events``: a run's events from the engine, and messages to the run."""
 
-    def initialize(self, ext: PotluckExtension, engine_url: str):
+    def initialize(self, ext: PotluckExtension):
         self.ext = ext
-        self.engine_url = engine_url
         self.upstream = None
 
     async def get(self, run_id: str, *args, **kwargs):
         if self.current_user is None:
             raise web.HTTPError(403)
         from urllib.parse import quote
-        url = self.engine_url.replace("http", "ws", 1) + f"api/runs/{quote(run_id, safe='')}/events"
+        url = self.ext.url.replace("http", "ws", 1) + f"api/runs/{quote(run_id, safe='')}/events"
         token = self.ext.find_token()
         try:
             self.upstream = await websocket.websocket_connect(
@@ -135,7 +162,7 @@ class RunEventsProxyHandler(WebSocketMixin, websocket.WebSocketHandler, JupyterH
         except HTTPClientError as e:
             raise web.HTTPError(e.code if e.code < 599 else 502, f"the engine refused: {e}")
         except OSError as e:
-            raise web.HTTPError(502, f"cannot reach the Potluck engine at {self.engine_url}: {e}")
+            raise web.HTTPError(502, f"cannot reach the Potluck engine at {self.ext.url}: {e}")
         await super().get(run_id, *args, **kwargs)
 
     def open(self, run_id: str):
@@ -162,10 +189,10 @@ class RunEventsProxyHandler(WebSocketMixin, websocket.WebSocketHandler, JupyterH
             self.upstream.close()
 
 
-def setup_handlers(web_app, ext: PotluckExtension, engine_url: str, how: str) -> None:
+def setup_handlers(web_app, ext: PotluckExtension) -> None:
     base = url_path_join(web_app.settings["base_url"], "potluck", "api")
-    kw = {"ext": ext, "engine_url": engine_url}
-    handlers = [(url_path_join(base, "config"), ConfigHandler, {**kw, "how": how}),
+    kw = {"ext": ext}
+    handlers = [(url_path_join(base, "config"), ConfigHandler, kw),
                 (url_path_join(base, r"runs/([^/]+)/events"), RunEventsProxyHandler, kw)]
     for route, engine_path, methods in PROXIED:
         cls = type(f"Proxy_{engine_path.replace('/', '_').replace('{}', 'x')}", (EngineProxyHandler,),

@@ -12,7 +12,11 @@
 Where the engine is and who we are come from the environment, set up for the
 kernel by ``potluck.jupyter_ext`` (or by hand): ``POTLUCK_URL`` (default
 ``http://127.0.0.1:8765/``) and ``POTLUCK_TOKEN``, else ``JUPYTERHUB_API_TOKEN``
-(the server's Hub token, which every kernel under a Hub inherits).
+(the server's Hub token, which every kernel under a Hub inherits). On a hub with
+several engines (``POTLUCK_POOLS``), a call that finds this user's engine gone,
+or sent to an engine that is not theirs (421), goes once to the engine that
+serves them now, with one line saying so; a call the old engine had already
+received is not sent again.
 
 Every failure is a ``PotluckError`` whose message is one line for the user (what
 happened, which limit, what to do); nothing from the HTTP layer leaks out.
@@ -35,41 +39,13 @@ from urllib.parse import quote, urlparse
 
 import requests
 
+from potluck.engine.pools import MISDIRECTED, WRONG_ENGINE, EngineRouter, NoEngine, PoolMap
 from potluck.engine.protocol import CANCELLED, DONE_STATES, FAILED, FINISHED, QUEUED
 
+from .errors import Interrupted, PotluckError, connected_then_dropped, error_from
 from .progress import Progress, in_kernel
 
 DEFAULT_URL = "http://127.0.0.1:8765/"
-
-
-class PotluckError(Exception):
-    """One readable line: what went wrong, and the limit when a quota was hit."""
-
-    def __init__(self, message: str, *, status: int | None = None, code: str = "error",
-                 limit: str | None = None, value: Any = None):
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.code = code
-        self.limit = limit
-        self.value = value
-
-    def __str__(self) -> str:
-        if self.limit and self.limit not in self.message:
-            return f"{self.message} (limit {self.limit} = {self.value})"
-        return self.message
-
-
-class Interrupted(KeyboardInterrupt):
-    """The user interrupted a call: one line; for a generation, ``partial`` holds its text so far."""
-
-    def __init__(self, message: str, partial: "Completion | None" = None):
-        super().__init__(message)
-        self.message = message
-        self.partial = partial
-
-    def __str__(self) -> str:
-        return self.message
 
 
 partial: "Completion | None" = None      # the text of the last interrupted generation (potluck.partial)
@@ -80,32 +56,6 @@ def close_open_streams() -> None:
     """Close every stream still open (the kernel extension calls this after an interrupted cell)."""
     for s in list(_open_streams):
         s.close()
-
-
-def _error_from(r: requests.Response) -> PotluckError:
-    try:
-        err = r.json()["error"]
-        return PotluckError(err.get("message") or r.reason, status=r.status_code, code=err.get("code", "error"),
-                            limit=err.get("limit"), value=err.get("value"))
-    except Exception:
-        text = " ".join(r.text.split())[:200]
-        return PotluckError(f"the engine answered {r.status_code} {r.reason}: {text}", status=r.status_code)
-
-
-def _connected_then_dropped(e: requests.ConnectionError) -> bool:
-    """True when the request reached the engine and the connection then broke (vs never connected)."""
-    seen, cause = set(), e
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        name = type(cause).__name__
-        if name in ("NewConnectionError", "ConnectTimeoutError") or isinstance(cause, ConnectionRefusedError):
-            return False
-        if name in ("RemoteDisconnected", "ProtocolError") or isinstance(cause, (ConnectionResetError,
-                                                                                 BrokenPipeError)):
-            return True
-        cause = cause.args[0] if cause.args and isinstance(cause.args[0], BaseException) else (
-            cause.__context__ or getattr(cause, "reason", None))
-    return False
 
 
 class Completion(str):
@@ -226,6 +176,12 @@ class Client:
         self.session = requests.Session()
         if self.token:
             self.session.headers["Authorization"] = f"token {self.token}"
+        pools = None if url else PoolMap.from_env()
+        self.router = None
+        if pools is not None:
+            self.router = EngineRouter(pools, os.environ.get("JUPYTERHUB_USER", ""), self._probe,
+                                       notice=lambda line: print(line, file=sys.stderr, flush=True))
+            self.router.engine = pools.engine_at(self.url)
 
     def __repr__(self) -> str:
         return f"<potluck Client {self.url}>"
@@ -235,26 +191,61 @@ class Client:
         if not self.token:
             raise PotluckError("no token for the Potluck engine: set POTLUCK_TOKEN (standalone: "
                                "`potluck token create NAME`), or run under JupyterHub", code="no_token")
+        for attempt in (1, 2):
+            try:
+                r = self.session.request(method, self.url + path, stream=stream, timeout=(10, self.timeout), **kw)
+            except requests.ConnectionError as e:
+                if connected_then_dropped(e):
+                    raise PotluckError(f"the Potluck engine at {self.url} closed the connection before answering: "
+                                       "it may have stopped or restarted", code="connection_broken") from None
+                if attempt == 1 and self._reroute():
+                    continue        # it never received the call: safe to send to the engine that took over
+                raise PotluckError(f"cannot reach the Potluck engine at {self.url}: is it running?",
+                                   code="unreachable") from None
+            except requests.Timeout:
+                raise PotluckError(f"the Potluck engine at {self.url} did not answer in {self.timeout:.0f} s",
+                                   code="timeout") from None
+            except KeyboardInterrupt:
+                self.session.close()        # drops the connection: the engine cancels what it started
+                raise Interrupted(f"interrupted while waiting for the engine ({method} {path.split('?')[0]}): "
+                                  "nothing was kept") from None
+            if r.status_code not in ok:
+                err = error_from(r)
+                r.close()
+                misdirected = r.status_code == MISDIRECTED and err.code == WRONG_ENGINE
+                if attempt == 1 and misdirected and self._reroute(err.engine):
+                    continue
+                raise err
+            return r
+
+    def _probe(self, url: str, timeout: float) -> tuple[int, dict | None]:
         try:
-            r = self.session.request(method, self.url + path, stream=stream, timeout=(10, self.timeout), **kw)
-        except requests.ConnectionError as e:
-            if _connected_then_dropped(e):
-                raise PotluckError(f"the Potluck engine at {self.url} closed the connection before answering: "
-                                   "it may have stopped or restarted", code="connection_broken") from None
-            raise PotluckError(f"cannot reach the Potluck engine at {self.url}: is it running?",
-                               code="unreachable") from None
-        except requests.Timeout:
-            raise PotluckError(f"the Potluck engine at {self.url} did not answer in {self.timeout:.0f} s",
-                               code="timeout") from None
-        except KeyboardInterrupt:
-            self.session.close()        # drops the connection: the engine cancels what it started
-            raise Interrupted(f"interrupted while waiting for the engine ({method} {path.split('?')[0]}): "
-                              "nothing was kept") from None
-        if r.status_code not in ok:
-            err = _error_from(r)
-            r.close()
-            raise err
-        return r
+            r = self.session.get(url, timeout=timeout)
+        except requests.RequestException as e:
+            raise OSError(str(e)) from None
+        try:
+            return r.status_code, r.json()
+        except ValueError:
+            return r.status_code, None
+
+    def _reroute(self, engine: str | None = None) -> bool:
+        """Several engines: move to the one that serves this user now (``engine`` if a 421 named it).
+        True when the URL changed; new OpenAI clients in this kernel follow too."""
+        if self.router is None:
+            return False
+        try:
+            if engine:
+                self.router.follow(engine)
+            else:
+                self.router.failed("connection refused")
+        except NoEngine as e:
+            print(f"Potluck: {e}", file=sys.stderr, flush=True)
+            return False
+        old, self.url = self.url, self.router.pools.url(self.router.engine)
+        for key, was, now in (("POTLUCK_URL", old, self.url), ("OPENAI_BASE_URL", old + "v1", self.url + "v1")):
+            if os.environ.get(key) == was:
+                os.environ[key] = now
+        return self.url != old
 
     def get(self, path: str) -> dict:
         return self.request("GET", path).json()
