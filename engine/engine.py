@@ -382,11 +382,14 @@ class Engine:
         """The tenant ``name`` with its quota resolved (defaults <- groups <- user override)."""
         if not isinstance(name, str) or not name or len(name) > 255:
             raise BadRequest("a tenant name is 1 to 255 characters")
-        return self.loop.call(self._resolve_tenant, name, groups, is_admin)
+        # The override is read here, off the loop: fresh for every request (another engine of the
+        # hub may have changed it), and the batch loop never waits on the database.
+        override = self.tenants.read_override(name)
+        return self.loop.call(self._resolve_tenant, name, groups, is_admin, override)
 
-    def _resolve_tenant(self, name: str, groups, is_admin: bool) -> Tenant:
+    def _resolve_tenant(self, name: str, groups, is_admin: bool, override=None) -> Tenant:
         self.contexts.add_tenant(name)
-        return self.tenants.resolve(name, groups, is_admin)
+        return self.tenants.resolve(name, groups, is_admin, override)
 
     def known_tenant(self, name: str) -> Tenant | None:
         """A tenant already resolved, without waiting for the loop (a read of one registry entry)."""
@@ -468,13 +471,19 @@ class Engine:
         report = self.tenant_report(tenant)
         report["usage_total"] = self.ledger.totals(tenant) if self.ledger is not None else None
         report["override"] = self.get_user_override(tenant)
+        if self.store is not None:      # every engine of the hub counts the same saved contexts
+            report["saved_contexts"] = self.store.count_contexts(tenant).get(tenant, 0)
         return report
 
     def admin_tenants(self) -> list[dict]:
         """Every tenant live or known to the store and ledger: report, override, lasting usage."""
+        read = self.tenants.read_overrides()
+        # Another engine of the hub may have changed overrides: live quotas are shown as they now apply.
+        self.loop.call(self.tenants.refresh_overrides, read)
         live = {r["name"]: r for r in self.tenant_reports()}
-        overrides = self.store.list_overrides() if self.store is not None else {}
+        overrides = read[1] if self.store is not None else {}
         totals = self.ledger.totals_all() if self.ledger is not None else {}
+        saved = self.store.count_contexts() if self.store is not None else None
         out = []
         for name in sorted(set(live) | set(overrides) | set(totals)):
             r = live.get(name) or {"name": name, "groups": None, "is_admin": None, "quota": None,
@@ -483,5 +492,7 @@ class Engine:
             r["live"] = name in live
             r["override"] = overrides.get(name)
             r["usage_total"] = totals.get(name)
+            if saved is not None:
+                r["saved_contexts"] = saved.get(name, 0)
             out.append(r)
         return out

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, time as dtime, timezone
 from typing import Callable
 
-from .errors import BadRequest, QuotaExceeded, RequestTooLarge
+from .errors import BadRequest, EngineUnavailable, QuotaExceeded, RequestTooLarge
 from .scheduler import PRIORITIES
 
 
@@ -153,6 +153,13 @@ def resolve_quota(defaults: Quota, groups: dict[str, dict] | None = None,
     return Quota(**values), source
 
 
+def _store_unreadable(what: str, e: Exception) -> EngineUnavailable:
+    # Fail closed: without the override the quota could be more generous than an admin set.
+    reason = " ".join(str(getattr(e, "orig", None) or e).split())[:200] or type(e).__name__
+    return EngineUnavailable(f"the engine cannot read {what} from its database ({reason}); try again in a moment",
+                             code="store_unavailable")
+
+
 class TokenWindow:
     """Tokens used in the last minute (1-second buckets) and in the current UTC day."""
 
@@ -216,6 +223,7 @@ class Tenant:
     quota: Quota = field(default_factory=Quota)
     quota_source: dict[str, str] = field(default_factory=dict)
     group_quotas: dict[str, dict] | None = None   # each group's potluck properties, as last seen
+    override: dict | None = None                  # the per-user override, as last read from the store
     window: TokenWindow = field(default_factory=TokenWindow)
     active_requests: int = 0
     active_runs: int = 0
@@ -347,7 +355,8 @@ class TenantRegistry:
         self.ledger = ledger
         self.on_quota = on_quota
         self.tenants: dict[str, Tenant] = {}
-        self._overrides: dict[str, dict] = {}     # only when there is no store
+        self._overrides: dict[str, dict] = {}     # without a store, the overrides; with one, this engine's last change
+        self._override_versions: dict[str, int] = {}   # changes applied by this engine, per user
 
     def __getitem__(self, name: str) -> Tenant:
         return self.tenants[name]
@@ -364,8 +373,15 @@ class TenantRegistry:
     def names(self) -> list[str]:
         return sorted(self.tenants)
 
-    def resolve(self, name: str, groups: dict[str, dict] | None = None, is_admin: bool = False) -> Tenant:
-        """The tenant ``name`` with its quota resolved (defaults <- groups <- user override)."""
+    def resolve(self, name: str, groups: dict[str, dict] | None = None, is_admin: bool = False,
+                override: tuple[int, dict | None] | None = None) -> Tenant:
+        """The tenant ``name`` with its quota resolved (defaults <- groups <- user override).
+
+        ``override`` is what ``read_override`` found (read off the loop); without it, it is read here.
+        """
+        version, fields = override if override is not None else self.read_override(name)
+        if version != self._override_versions.get(name, 0):
+            fields = self._overrides.get(name)    # this engine changed it after that read: the change is newer
         t = self.tenants.get(name)
         if t is None:
             day_tokens = 0
@@ -377,16 +393,47 @@ class TenantRegistry:
             t.groups = tuple(sorted(groups))
             t.group_quotas = groups
         t.is_admin = is_admin
+        t.override = fields
         self._resolve(t)
         return t
 
     def _resolve(self, t: Tenant) -> None:
-        t.quota, t.quota_source = resolve_quota(self.defaults, t.group_quotas, self.get_override(t.name))
+        t.quota, t.quota_source = resolve_quota(self.defaults, t.group_quotas, t.override)
         self.on_quota(t)
 
     # ------------------------------------------------------------ overrides
     def get_override(self, name: str) -> dict | None:
-        return self.store.get_override(name) if self.store is not None else self._overrides.get(name)
+        """The user's override as the store has it now (a 503 when it cannot be read: never "none")."""
+        if self.store is None:
+            return self._overrides.get(name)
+        try:
+            return self.store.get_override(name)
+        except Exception as e:
+            raise _store_unreadable("your quota override", e) from e
+
+    def read_override(self, name: str) -> tuple[int, dict | None]:
+        """(version, override) for ``resolve``: off the loop, since it reads the database."""
+        version = self._override_versions.get(name, 0)     # first: a change after it wins over this read
+        return version, self.get_override(name)
+
+    def read_overrides(self) -> tuple[dict[str, int], dict[str, dict]]:
+        """(versions, every override) for ``refresh_overrides``: off the loop."""
+        versions = dict(self._override_versions)
+        if self.store is None:
+            return versions, dict(self._overrides)
+        try:
+            return versions, self.store.list_overrides()
+        except Exception as e:
+            raise _store_unreadable("the quota overrides", e) from e
+
+    def refresh_overrides(self, read: tuple[dict[str, int], dict[str, dict]]) -> None:
+        """On the loop: every known tenant's override as ``read_overrides`` found it (another engine may have
+        changed some), unless this engine changed it since."""
+        versions, overrides = read
+        for name, t in self.tenants.items():
+            if versions.get(name, 0) == self._override_versions.get(name, 0) and overrides.get(name) != t.override:
+                t.override = overrides.get(name)
+                self._resolve(t)
 
     def set_override(self, name: str, fields: dict, actor: str) -> dict:
         """Store a validated per-user override (off the loop: it writes the database)."""
@@ -406,8 +453,10 @@ class TenantRegistry:
             self._overrides.pop(name, None)
         else:
             self._overrides[name] = fields
+        self._override_versions[name] = self._override_versions.get(name, 0) + 1
         t = self.tenants.get(name)
         if t is not None:
+            t.override = fields
             self._resolve(t)
 
     # ---------------------------------------------------------------- usage

@@ -69,6 +69,14 @@ class SavedContexts(Database):
             )
             return result.rowcount > 0
 
+    def count_contexts(self, tenant: str | None = None) -> dict[str, int]:
+        """How many saved contexts each tenant has (one tenant's, or everyone's for the admin view)."""
+        q = select(SavedContextRow.tenant, func.count()).group_by(SavedContextRow.tenant)
+        if tenant is not None:
+            q = q.where(SavedContextRow.tenant == tenant)
+        with self._session.begin() as s:
+            return {name: int(n) for name, n in s.execute(q)}
+
     def list_contexts(self, tenant: str) -> list[dict[str, Any]]:
         # Count from the blob's length in SQL, so listing does not load every token list.
         q = (
