@@ -9,6 +9,11 @@ histograms: no I/O, no engine calls. ``_StatusCollector`` reads
 (gauges: queue depth, KV pages, tenants). Each service has its own registry,
 so two engines in one process (tests) never mix.
 
+Some gauges are for routers: a gateway in front of several engines (llm-d's endpoint picker,
+an Envoy load-balancing filter) picks an engine by requests waiting, KV cache use and step load
+(``_StepLoad``: the share of the last seconds spent in forward steps, the last step's tokens
+against the budget). They carry no labels at all: one number per engine.
+
 What users feel (time to first token, time between tokens) is labelled by
 priority class only, never by user name: a scraper learns how interactive
 and batch work fare, not who was active when. Per-user percentiles are in
@@ -18,6 +23,8 @@ the admin API's tenant reports (``engine/latency.py``).
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import GaugeMetricFamily
@@ -33,6 +40,9 @@ _RATIO_BUCKETS = (0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0)
 _CLASS_OF = {level: name for name, level in PRIORITIES.items()}      # Sequence.priority -> label
 _SEQ_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384)
+# Step load is the busy share of this many seconds: long enough to span many steps and the gaps
+# between them, short enough that a router sees a burst while it lasts.
+LOAD_WINDOW_SECONDS = 10.0
 
 
 class EngineMetrics:
@@ -74,7 +84,8 @@ class EngineMetrics:
         self.steps_over_target = Counter("potluck_steps_over_target",
                                          "Latency-limited steps whose measured time passed their target",
                                          registry=r)
-        self._status = _StatusCollector(engine)
+        self.load = _StepLoad()
+        self._status = _StatusCollector(engine, self.load)
         r.register(self._status)
         # process_resident_memory_bytes, process_open_fds, ... (Linux): what a leak shows up in.
         ProcessCollector(registry=r)
@@ -91,6 +102,7 @@ class EngineMetrics:
 
     def on_step(self, info: dict) -> None:
         """Engine step listener (batch-loop thread): counters only, no I/O, no engine calls."""
+        self.load.step(info["seconds"], info["tokens"])
         self.step_seconds.observe(info["seconds"])
         self.batch_sequences.observe(info["seqs"])
         self.batch_tokens.observe(info["tokens"])
@@ -128,11 +140,39 @@ class EngineMetrics:
         self.http_requests.labels(handler, method, str(status)).inc()
 
 
+class _StepLoad:
+    """How busy the batch loop was lately: written by the loop after each step, read by scrapes."""
+
+    def __init__(self, window: float = LOAD_WINDOW_SECONDS) -> None:
+        self.window = window
+        self.started = time.monotonic()
+        self.last_tokens = 0
+        self._steps: deque[tuple[float, float]] = deque()     # (end, seconds) of the steps in the window
+        self._lock = threading.Lock()
+
+    def step(self, seconds: float, tokens: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.last_tokens = tokens
+            self._steps.append((now, seconds))
+            while self._steps and self._steps[0][0] < now - self.window:
+                self._steps.popleft()
+
+    def busy_ratio(self) -> float:
+        """The share of the last ``window`` seconds (or of the time since start) spent in steps."""
+        now = time.monotonic()
+        since = max(now - self.window, self.started)
+        with self._lock:
+            busy = sum(min(seconds, end - since) for end, seconds in self._steps if end > since)
+        return min(1.0, busy / max(now - since, 1e-9))
+
+
 class _StatusCollector:
     """Gauges read from the engine at scrape time."""
 
-    def __init__(self, engine) -> None:
+    def __init__(self, engine, load: _StepLoad) -> None:
         self.engine = engine
+        self.load = load
         self.runs = None
         self.groups = None
 
@@ -142,11 +182,6 @@ class _StatusCollector:
     def collect(self):
         s = self.engine.status()
         kv = s["kv"]
-
-        def gauge(name, doc, value):
-            g = GaugeMetricFamily(name, doc)
-            g.add_metric([], value)
-            return g
         yield gauge("potluck_queue_depth", "Forward requests waiting for the batch loop", s["queue_depth"])
         yield gauge("potluck_running_generations", "Generations in progress", s["running_generations"])
         yield gauge("potluck_active_tenants", "Tenants with work queued or running", s["active_tenants"])
@@ -158,6 +193,7 @@ class _StatusCollector:
         for report in self.engine.tenant_reports():
             held.add_metric([report["name"]], report["kv_pages"])
         yield held
+        yield from self._router_gauges(s)
         yield gauge("potluck_threads", "Python threads in the engine process", threading.active_count())
         if self.groups is not None:
             bad = GaugeMetricFamily("potluck_group_quota_unreadable",
@@ -170,3 +206,29 @@ class _StatusCollector:
             st = self.runs.stats()
             yield gauge("potluck_runs_running", "Inferlet runs holding a thread", st["threads"])
             yield gauge("potluck_runs_queued", "Inferlet runs waiting for a thread", st["queued"])
+
+    def _router_gauges(self, s: dict):
+        """What a gateway routing between engines reads: one unlabelled number each."""
+        kv = s["kv"]
+        yield gauge("potluck_requests_waiting", "Prompts and forward calls queued that no step has started yet",
+                    self.engine.loop.call(_waiting, self.engine.scheduler))
+        yield gauge("potluck_kv_cache_usage_ratio", "KV pages in use over the device pool's pages (0 to 1)",
+                    kv["used_pages"] / kv["total_pages"] if kv["total_pages"] else 0.0)
+        yield gauge("potluck_step_busy_ratio",
+                    f"Share of the last {LOAD_WINDOW_SECONDS:g} s the batch loop spent in forward steps (0 to 1)",
+                    self.load.busy_ratio())
+        yield gauge("potluck_step_tokens_last", "Tokens in the most recent forward step",
+                    self.load.last_tokens)
+        yield gauge("potluck_step_token_budget", "Most tokens one forward step may take (the profile's budget)",
+                    s["profile"]["batch_token_budget"])
+
+
+def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    g = GaugeMetricFamily(name, doc)
+    g.add_metric([], value)
+    return g
+
+
+def _waiting(scheduler) -> int:
+    """On the loop: feeds not yet begun (a decode, or a prompt part-way in, is running, not waiting)."""
+    return sum(1 for seq in scheduler.pending() if not seq.decode and seq.fed == 0)
