@@ -64,23 +64,29 @@ c.Spawner.default_url = "/api"
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120
 # A small KV pool for a shared 2-core machine; usage reaches the ledger quickly.
-svc = next(s for s in c.JupyterHub.services if s["name"] == "potluck")
-svc["command"] += ["--kv-pages=256", "--PotluckEngine.usage_flush_interval=1", "--HubAuthenticator.cache_seconds=2",
-                   *{engine_args!r}]
+for svc in c.JupyterHub.services:
+    if svc["name"].startswith("potluck") and "command" in svc:
+        svc["command"] += ["--kv-pages=256", "--PotluckEngine.usage_flush_interval=1",
+                           "--HubAuthenticator.cache_seconds=2", *{engine_args!r}]
 c.JupyterHub.services.append({{"name": "e2e", "api_token": {token!r}}})
 c.JupyterHub.load_roles.append({{"name": "e2e", "scopes": {scopes!r}, "services": ["e2e"]}})
 '''
 
 
 class HubProcess:
-    def __init__(self, tmp: Path, engine_args: tuple[str, ...] = (), ready_status: int = 200):
+    def __init__(self, tmp: Path, engine_args: tuple[str, ...] = (), ready_status: int = 200,
+                 example: Path = EXAMPLE_CONFIG, engine_service: str = "potluck", env: dict | None = None):
         self.tmp = tmp
+        self.example = example                     # the jupyterhub_config.py under test
+        self.extra_env = dict(env or {})
         self.engine_args = list(engine_args)       # more `potluck engine` options for this Hub's engine
         self.ready_status = ready_status           # what the engine's /api/status answers once it is up
         self.port = free_port()
         self.engine_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.engine_url = f"{self.url}/services/potluck"
+        self.engine_url = f"{self.url}/services/{engine_service}"     # the engine the start waits for
+        self.hub_port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.hub_port}/hub/api"
         self.token = secrets.token_hex(32)
         self.log_path = tmp / "jupyterhub.log"
         self.proc: subprocess.Popen | None = None
@@ -90,7 +96,7 @@ class HubProcess:
         if chp is None:
             raise RuntimeError("configurable-http-proxy not found: run `make venv` (npm install into .npm-tools)")
         path = self.tmp / "jupyterhub_config.py"
-        path.write_text(OVERLAY.format(example=str(EXAMPLE_CONFIG), hub_port=free_port(),
+        path.write_text(OVERLAY.format(example=str(self.example), hub_port=self.hub_port,
                                        proxy_api_port=free_port(), chp=chp, tmp=self.tmp,
                                        singleuser=str(BIN / "jupyterhub-singleuser"), token=self.token,
                                        scopes=E2E_SCOPES, engine_args=self.engine_args))
@@ -100,7 +106,7 @@ class HubProcess:
         config = self.write_config()
         env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                "POTLUCK_HUB_URL": self.url, "POTLUCK_ENGINE_URL": f"http://127.0.0.1:{self.engine_port}",
-               "POTLUCK_DATA_DIR": str(self.tmp / "potluck-data")}
+               "POTLUCK_DATA_DIR": str(self.tmp / "potluck-data"), **self.extra_env}
         for key in [k for k in env if k.startswith("JUPYTERHUB_") or k in ("POTLUCK_URL", "POTLUCK_TOKEN")]:
             del env[key]           # a test run inside a notebook must not leak its own Hub
         log = open(self.log_path, "a")

@@ -142,3 +142,17 @@ def test_an_external_engine_keeps_the_token_z2jh_already_registered():
 def test_a_bad_pool_spec_is_one_clear_error(kw, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         configured(**kw)
+
+
+def test_the_pools_example_configures_a_hub(monkeypatch, capsys):
+    from pathlib import Path
+    monkeypatch.setenv("POTLUCK_DB_URL", DB)
+    monkeypatch.setenv("POTLUCK_GPU_TOKEN_0", "t0")
+    c = Config()
+    path = Path(__file__).resolve().parents[2] / "examples" / "jupyterhub_config_pools.py"
+    exec(compile(path.read_text(), str(path), "exec"), {"get_config": lambda: c, "__file__": str(path)})
+    assert [s["name"] for s in c.JupyterHub.services] == ["potluck-gpu-0", "potluck-gpu-1", "potluck-cpu-0"]
+    assert c.JupyterHub.services[0]["api_token"] == "t0"
+    # external engines are told, once each, what they must be started with
+    err = capsys.readouterr().err
+    assert "potluck-gpu-1 needs" in err and "--PotluckEngine.pool=gpu" in err
