@@ -12,7 +12,8 @@ one module per concern:
 - ``tokens``: standalone-mode API tokens (only their sha256 is kept),
 - ``contexts``: saved contexts as token lists, so they can be re-filled after a restart,
 - ``runs``: the history of inferlet runs (state, times, error, usage summary; never source or
-  output), so a run cut off by a crash is found again at the next start and marked failed.
+  output), so a run cut off by a crash is found again at the next start and marked failed,
+- ``engines``: every engine of the hub, its pool, heartbeat and load (which are alive).
 
 ``tables`` holds every table (the schema in one file) and ``db`` opens the database. Each
 concern is a ``Database`` subclass holding only its own methods; ``Store`` is all of them on one
@@ -34,6 +35,7 @@ from __future__ import annotations
 from .audit import AuditLog
 from .contexts import SavedContexts
 from .db import Database, StoreError
+from .engines import EngineRows
 from .groups import GroupQuotas
 from .keyvalue import MAX_VALUE_BYTES, TenantValues
 from .quotas import QuotaOverrides
@@ -63,7 +65,8 @@ __all__ = [
 ]
 
 
-class Store(QuotaOverrides, GroupQuotas, UsageRows, AuditLog, TenantValues, ApiTokens, SavedContexts, RunHistory):
+class Store(QuotaOverrides, GroupQuotas, UsageRows, AuditLog, TenantValues, ApiTokens, SavedContexts, RunHistory,
+            EngineRows):
     """The engine's database. One per engine; share it between threads."""
 
     def __init__(self, db_url: str, *, kv_max_value_bytes: int = MAX_VALUE_BYTES) -> None:

@@ -4,7 +4,7 @@ This module owns the schema: every table class on one ``Base``, the column sizes
 ``UTCDateTime`` (naive UTC in the database, aware UTC in Python). Reading the schema of the
 whole store means reading this one file; the logic that reads and writes each table lives in
 the concern's own module (``quotas``, ``usage``, ``audit``, ``keyvalue``, ``tokens``,
-``contexts``, ``runs``), which keeps each of those short and keeps migrations in one place.
+``contexts``, ``runs``, ``engines``), which keeps each of those short and keeps migrations in one place.
 
 What it must never do: hold queries or rules. Table and column names are the on-disk format of
 databases already in use; changing one is a migration, not a rename.
@@ -166,3 +166,17 @@ class UsageMinuteRow(Base):
     page_seconds: Mapped[float] = mapped_column(Float, default=0.0)
     fuel: Mapped[int] = mapped_column(BigInteger, default=0)
     requests: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class EngineRow(Base):
+    """One engine of the hub (see ``engines.py``): its pool, when it last said it was alive, its load."""
+
+    __tablename__ = "engines"
+
+    name: Mapped[str] = mapped_column(String(NAME_CHARS), primary_key=True)
+    pool: Mapped[str] = mapped_column(String(64), index=True, default="")
+    accelerator: Mapped[str] = mapped_column(String(64), default="")
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    load: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
