@@ -2,7 +2,7 @@
 
 Under ``<server base>/potluck/api/``: ``status``, ``me``, ``contexts[/NAME]``,
 ``runs[/ID]`` (``DELETE`` cancels), ``runs/ID/events`` (WebSocket),
-``admin/tenants``, ``admin/quotas/users/NAME``, ``admin/usage`` (usage over
+``admin/tenants``, ``admin/quotas/users/NAME``, ``admin/usage``, ``admin/engines`` (usage over
 time; its query string is passed on), ``admin/runs`` and
 ``admin/runs/TENANT/ID`` (``DELETE`` cancels anyone's run); and ``config``
 (where the engine is, never the token). Each requires the server's own login (its cookie or
@@ -40,6 +40,7 @@ PROXIED = [
     (r"runs/([^/]+)", "api/runs/{}", ("GET", "DELETE")),
     (r"admin/tenants", "api/admin/tenants", ("GET",)),
     (r"admin/usage", "api/admin/usage", ("GET",)),
+    (r"admin/engines", "api/admin/engines", ("GET",)),
     (r"admin/runs", "api/admin/runs", ("GET",)),
     (r"admin/runs/([^/]+)/([^/]+)", "api/admin/runs/{}/{}", ("GET", "DELETE")),
     (r"admin/quotas/users/([^/]+)", "api/admin/quotas/users/{}", ("GET", "PUT", "DELETE")),
