@@ -4,7 +4,12 @@ An *open* context is a ``Sequence`` on a KV ``Context`` that its tenant
 drives with ``forward`` (an inferlet's ``Context``, a cell's). A *saved*
 context is a snapshot (a fork: it shares pages) kept under a name in the
 tenant's namespace; its tokens are also written to the store, so after a
-restart the first open re-fills it from them.
+restart the first open re-fills it from them. Every engine of a hub shares
+the store, and there the store is the truth: a snapshot is only this engine's
+cache of the KV computed from the stored tokens, checked against them at each
+open (one primary-key read, never per token). So a name saved on one engine
+opens on another (re-filled on first open), one replaced or deleted on
+another is never served stale here, and the names are counted in the store.
 
 Names and ids are looked up in the caller's namespace only: another
 tenant's context is "not found" exactly like one that never existed. A tenant
@@ -26,6 +31,7 @@ from typing import Callable
 from .errors import BadRequest, NotFound, QuotaExceeded
 from .pages import Context, KvPool
 from .sequence import Sequence
+from .store.contexts import too_many_saved
 
 MAX_CONTEXTS_PER_TENANT = 1024
 MAX_SAVED_NAME = 128
@@ -97,20 +103,26 @@ class ContextRegistry:
             raise BadRequest(f"length must be from 0 to the context's {ctx.length} tokens", code="invalid_length")
         self.pool.truncate(ctx, length)
 
-    def _keep_on_loop(self, tenant: str, name: str, ctx: Context, replace: bool) -> list[int]:
-        if name in self.saved[tenant] and not replace:
-            return list(self.saved[tenant][name].tokens)   # a concurrent open re-filled it first
+    def _keep_on_loop(self, tenant: str, name: str, ctx: Context) -> Context:
         snap = self.pool.fork(ctx, next(self.ids))
-        old = self.saved[tenant].pop(name, None)
-        if old is not None:
-            self.pool.drop(old)
+        self._forget_on_loop(tenant, name)
         self.saved[tenant][name] = snap
-        return list(snap.tokens)
+        return snap
 
-    def _open_saved_on_loop(self, tenant: str, name: str) -> int | None:
-        snap = self.saved[tenant].get(name)
-        if snap is None:
-            return None
+    def _forget_on_loop(self, tenant: str, name: str, only: Context | None = None) -> bool:
+        """Drop the snapshot kept under ``name`` (only if it is ``only``, when given); whether one was."""
+        snap = self.saved.get(tenant, {}).get(name)
+        if snap is None or (only is not None and snap is not only):
+            return False
+        del self.saved[tenant][name]
+        self.pool.drop(snap)
+        return True
+
+    def _open_saved_on_loop(self, tenant: str, name: str, tokens: list[int] | None) -> int | None:
+        """A fork of the snapshot kept here, if there is one of exactly ``tokens`` (None: any)."""
+        snap = self.saved.get(tenant, {}).get(name)
+        if snap is None or (tokens is not None and snap.tokens != tokens):
+            return None     # none here, or another engine of the hub replaced it since: re-fill
         return self._register(self.pool.fork(snap, next(self.ids))).id
 
     # ------------------------------------------------------- other threads
@@ -124,34 +136,47 @@ class ContextRegistry:
         """Keep a snapshot of the context under ``name`` in the tenant's namespace.
 
         ``limit`` is the tenant's ``saved_contexts``: a new name past it is refused (replacing
-        one of the names kept is always allowed).
+        one of the names kept is always allowed). With a store, the names are counted there, in
+        the transaction that writes the new one, so every engine of a hub counts the same.
         """
         check_saved_name(name)
         with self._saving:
-            if limit is not None:
-                names = self._saved_names(tenant)
+            if self.store is None and limit is not None:
+                names = self.call(lambda: list(self.saved.get(tenant, {})))
                 if name not in names and len(names) >= limit:
-                    raise QuotaExceeded("saved_contexts", limit,
-                                        f"you have {len(names)} saved contexts, your saved_contexts limit; "
-                                        "delete one first (or save under a name you already use)")
-            tokens = self.call(lambda: self._keep_on_loop(tenant, name, self.get_on_loop(tenant, ctx_id).ctx,
-                                                          True))
-            if self.store is not None:
-                self.store.save_context(tenant, name, tokens)
+                    raise too_many_saved(len(names), limit)
+            snap, tokens = self.call(lambda: self._keep_tokens_on_loop(tenant, name, ctx_id))
+            if self.store is None:
+                return
+            try:
+                self.store.save_context(tenant, name, tokens, limit=limit)
+            except BaseException:
+                # Refused (or not written): a snapshot here must not stand for a name the database lacks.
+                self.call(self._forget_on_loop, tenant, name, snap)
+                raise
 
-    def _saved_names(self, tenant: str) -> set[str]:
-        names = set(self.call(lambda: list(self.saved.get(tenant, {}))))
-        if self.store is not None:
-            names.update(row["name"] for row in self.store.list_contexts(tenant))
-        return names
+    def _keep_tokens_on_loop(self, tenant: str, name: str, ctx_id: int) -> tuple[Context, list[int]]:
+        snap = self._keep_on_loop(tenant, name, self.get_on_loop(tenant, ctx_id).ctx)
+        return snap, list(snap.tokens)
 
     def open_saved(self, tenant: str, name: str, refill: Callable[[int, list[int]], None]) -> int:
-        """A new context continuing the saved ``name``; ``refill(ctx_id, tokens)`` re-computes it after a restart."""
+        """A new context continuing the saved ``name``; ``refill(ctx_id, tokens)`` re-computes it.
+
+        With a store, the database is the truth and the snapshot kept here only a cache of the KV
+        computed from its tokens: it is used when it holds exactly the stored tokens, and re-filled
+        when there is none here (after a restart, or the name was saved on another engine of the
+        hub) or another engine replaced it since. A name deleted on another engine is gone here too.
+        """
         check_saved_name(name)
-        ctx_id = self.call(self._open_saved_on_loop, tenant, name)
+        tokens = None
+        if self.store is not None:
+            tokens = self.store.load_context(tenant, name)      # one primary-key read per open
+            if tokens is None:
+                self.call(self._forget_on_loop, tenant, name)   # deleted elsewhere: free its pages here too
+                raise NotFound(f"no saved context named {name!r} in your namespace")
+        ctx_id = self.call(self._open_saved_on_loop, tenant, name, tokens)
         if ctx_id is not None:
             return ctx_id
-        tokens = self.store.load_context(tenant, name) if self.store is not None else None
         if tokens is None:
             raise NotFound(f"no saved context named {name!r} in your namespace")
         ctx_id = self.create(tenant)
@@ -163,25 +188,26 @@ class ContextRegistry:
             # holding pages under an id the caller never got.
             self.call(self.drop_on_loop, tenant, ctx_id)
             raise
-        self.call(lambda: self._keep_on_loop(tenant, name, self.get_on_loop(tenant, ctx_id).ctx, False))
+        self.call(lambda: self._keep_on_loop(tenant, name, self.get_on_loop(tenant, ctx_id).ctx))
         return ctx_id
 
     def delete_saved(self, tenant: str, name: str) -> None:
-        def delete():
-            snap = self.saved.get(tenant, {}).pop(name, None)
-            if snap is not None:
-                self.pool.drop(snap)
-            return snap is not None
-        found = self.call(delete)
+        found = self.call(self._forget_on_loop, tenant, name)
         if self.store is not None:
-            found = self.store.delete_context(tenant, name) or found
+            found = self.store.delete_context(tenant, name)     # the database alone says whether it existed
         if not found:
             raise NotFound(f"no saved context named {name!r} in your namespace")
 
     def list_saved(self, tenant: str) -> list[dict]:
-        live = self.call(lambda: {n: c.length for n, c in self.saved.get(tenant, {}).items()})
-        out = {n: {"name": n, "n_tokens": k} for n, k in live.items()}
-        if self.store is not None:
-            for row in self.store.list_contexts(tenant):
-                out.setdefault(row["name"], {"name": row["name"], "n_tokens": row["n_tokens"]})
-        return sorted(out.values(), key=lambda r: r["name"])
+        if self.store is None:
+            live = self.call(lambda: {n: c.length for n, c in self.saved.get(tenant, {}).items()})
+            return [{"name": n, "n_tokens": k} for n, k in sorted(live.items())]
+        rows = self.store.list_contexts(tenant)
+        self.call(self._forget_missing_on_loop, tenant, {row["name"] for row in rows})
+        return [{"name": row["name"], "n_tokens": row["n_tokens"]} for row in rows]
+
+    def _forget_missing_on_loop(self, tenant: str, names: set[str]) -> None:
+        """Free the snapshots of names another engine of the hub deleted."""
+        for name in [n for n in self.saved.get(tenant, {}) if n not in names]:
+            self._forget_on_loop(tenant, name)
+

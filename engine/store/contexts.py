@@ -17,7 +17,9 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from ..errors import QuotaExceeded
 from .db import Database
+from .locks import lock_tenant
 from .tables import SavedContextRow, check_key, iso, utcnow
 
 # array('i') is the C int; the stored format needs it to be 4 bytes.
@@ -42,14 +44,29 @@ def unpack_tokens(blob: bytes) -> list[int]:
     return packed.tolist()
 
 
+def too_many_saved(n: int, limit: int) -> QuotaExceeded:
+    return QuotaExceeded("saved_contexts", limit,
+                         f"you have {n} saved contexts, your saved_contexts limit; "
+                         "delete one first (or save under a name you already use)")
+
+
 class SavedContexts(Database):
-    def save_context(self, tenant: str, name: str, tokens: list[int]) -> None:
-        """Store (or replace) a saved context's token ids."""
+    def save_context(self, tenant: str, name: str, tokens: list[int], limit: int | None = None) -> None:
+        """Store (or replace) a saved context's token ids; with ``limit``, refuse a new name past it.
+
+        The count and the insert are one transaction, serialised per tenant across every engine
+        of the hub (``lock_tenant``), so concurrent saves cannot pass the limit together.
+        """
         check_key("context name", name)
         blob = pack_tokens(tokens)
 
         def work(s: Session) -> None:
+            lock_tenant(s, "saved_contexts", tenant)
             row = s.get(SavedContextRow, (tenant, name))
+            if row is None and limit is not None:
+                n = s.scalar(select(func.count()).where(SavedContextRow.tenant == tenant))
+                if n >= limit:
+                    raise too_many_saved(n, limit)
             if row is None:
                 s.add(SavedContextRow(tenant=tenant, name=name, tokens=blob))
             else:

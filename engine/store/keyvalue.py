@@ -7,8 +7,10 @@ same names call them.
 
 Every method takes the tenant and filters by it: no method can read, list or delete another
 tenant's values. A put may be held to a tenant's total (``limit``: the quota's ``kv_store_bytes``,
-keys and values together, counted in SQL); puts are serialised within the process so two
-concurrent puts cannot both fit under it. What it must never do: interpret a value.
+keys and values together, counted in SQL); puts are serialised within the process, and per
+tenant across every engine sharing the database (``locks.lock_tenant``), so two concurrent puts
+cannot both fit under it. Nothing is cached: every engine of a hub reads the same values.
+What it must never do: interpret a value.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from ..errors import QuotaExceeded
 from .db import Database
+from .locks import lock_tenant
 from .tables import KeyValueRow, check_key
 
 MAX_VALUE_BYTES = 1 << 20  # 1 MiB
@@ -49,6 +52,8 @@ class TenantValues(Database):
         size = len(key.encode("utf-8")) + len(value)
 
         def work(s: Session) -> None:
+            if limit is not None:
+                lock_tenant(s, "kv_store_bytes", tenant)
             row = s.get(KeyValueRow, (tenant, key))
             if limit is not None:
                 total = s.scalar(select(func.coalesce(func.sum(

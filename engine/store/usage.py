@@ -25,6 +25,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from .db import Database
@@ -144,14 +146,29 @@ def _amounts(values: Iterable[Any]) -> dict[str, Any]:
 
 def _add_to(s: Session, table: type, col: Any, col_name: str, tenant: str, bucket: datetime,
             amounts: dict[str, Any]) -> None:
+    """Add to a bucket's row, creating it if needed, in one statement (``col = col + n`` in SQL).
+
+    Every engine of a hub flushes into the same rows: an upsert (INSERT ... ON CONFLICT DO UPDATE,
+    on PostgreSQL and SQLite) neither loses an engine's amounts nor fails on the primary key when
+    two engines create the same tenant's minute at once.
+    """
+    insert = _UPSERT.get(s.get_bind().dialect.name)
+    if insert is not None:
+        stmt = insert(table).values(tenant=tenant, **{col_name: bucket}, **amounts)
+        s.execute(stmt.on_conflict_do_update(
+            index_elements=["tenant", col_name],
+            set_={f: getattr(table, f) + getattr(stmt.excluded, f) for f in amounts}))
+        return
+    # Other databases: select, then insert or add (a concurrent insert is retried by _write).
     pk = (table.tenant == tenant) & (col == bucket)
     if s.scalar(select(table.tenant).where(pk)) is None:
         s.add(table(tenant=tenant, **{col_name: bucket}, **amounts))
-        s.flush()       # a concurrent insert fails here, inside _write's retry
+        s.flush()
     else:
-        # col = col + n in SQL, so a concurrent writer's increment is never overwritten.
-        adds = {f: getattr(table, f) + n for f, n in amounts.items()}
-        s.execute(update(table).where(pk).values(**adds))
+        s.execute(update(table).where(pk).values(**{f: getattr(table, f) + n for f, n in amounts.items()}))
+
+
+_UPSERT = {"postgresql": postgresql_insert, "sqlite": sqlite_insert}
 
 
 def sum_history(history: dict[str, dict[datetime, dict[str, Any]]],
@@ -172,7 +189,10 @@ class UsageLedger:
     ``record`` adds into an in-memory dict keyed by (tenant, UTC minute); a daemon thread writes
     the sums to the store every ``flush_interval`` seconds, and soon (within ``min_gap``
     seconds) after ``flush_soon``, which the engine calls when a request or run ends. Readers
-    get persisted + pending, so a quota check sees usage the moment it is recorded.
+    get persisted + pending, so a quota check sees usage the moment it is recorded. Every
+    reader goes to the database (nothing is cached), so with several engines on one database
+    each sees the others' usage as of their last flush: a finished request's within about
+    ``min_gap``, work still in progress within ``flush_interval``.
 
     What a crash (SIGKILL, power loss) can lose is what is pending: the tokens and page-seconds
     of work still in progress since the last flush (at most ``flush_interval`` seconds of it),
