@@ -23,6 +23,7 @@ from datetime import datetime, time as dtime, timezone
 from typing import Callable
 
 from .errors import BadRequest, EngineUnavailable, QuotaExceeded, RequestTooLarge
+from .pools import check_pool_name, choose_pool
 from .scheduler import PRIORITIES
 
 
@@ -48,6 +49,9 @@ class Quota:
     max_run_seconds: float | None = _limit(600.0, 30 * 86400.0)
     memory_mb_per_run: int | None = _limit(256, 4096)         # wasm32 memory ends at 4 GiB
     models: tuple[str, ...] = ("*",)
+    # Which pool of engines serves the tenant ("": the hub's default pool). Every group's and the
+    # override's pool is kept, and the first of the hub's pools (its order) that any names wins.
+    pool: str = ""
     # What a tenant can make the engine hold besides KV pages (issue 15: every byte counts somewhere).
     run_output_bytes: int | None = _limit(1 << 20, 1 << 30)   # what one run prints, sends and publishes
     run_history_bytes: int | None = _limit(8 << 20, 1 << 34)  # ended runs' events kept in memory, all together
@@ -117,6 +121,16 @@ def validate_quota_fields(fields: dict, *, where: str = "quota") -> dict:
                 raise BadRequest(f"{where}: models must be a list of model names (or ['*'])", code="invalid_quota",
                                  param=name)
             value = tuple(value)
+        elif name == "pool":
+            value = "" if value is None else value      # null: no pool named, as ""
+            if not isinstance(value, str):
+                raise BadRequest(f"{where}: pool must be a pool name (a string), got {value!r}",
+                                 code="invalid_quota", param=name)
+            if value:
+                try:
+                    check_pool_name(value)
+                except ValueError as e:
+                    raise BadRequest(f"{where}: {e}", code="invalid_quota", param=name) from None
         out[name] = value
     return out
 
@@ -131,14 +145,35 @@ def _more_generous(name: str, a, b):
     return max(a, b)
 
 
+def named_pools(groups: dict[str, dict] | None, override: dict | None) -> dict[str, str]:
+    """Every pool the tenant's groups and override name, and who named it (``group:NAME`` or ``user``)."""
+    named: dict[str, str] = {}
+    for gname in sorted(groups or {}):
+        pool = (groups[gname] or {}).get("pool")
+        if pool:
+            named.setdefault(pool, f"group:{gname}")
+    pool = (override or {}).get("pool")
+    if pool:
+        named[pool] = "user"
+    return named
+
+
 def resolve_quota(defaults: Quota, groups: dict[str, dict] | None = None,
-                  override: dict | None = None, combine: str = "max") -> tuple[Quota, dict[str, str]]:
-    """Effective quota and, per field, where its value came from."""
+                  override: dict | None = None, combine: str = "max", *,
+                  pools: tuple[str, ...] = (), default_pool: str = "") -> tuple[Quota, dict[str, str]]:
+    """Effective quota and, per field, where its value came from.
+
+    ``pool`` is not combined like the limits: of the pools any group or the override names, the
+    first in ``pools`` (the hub's order of preference) is the tenant's, else ``default_pool``
+    (``pools.choose_pool``, as the placement and the clients choose it).
+    """
     values = dataclasses.asdict(defaults)
     source = {name: "default" for name in values}
     group_vals: dict[str, tuple] = {}
     for gname in sorted(groups or {}):
         for name, value in (groups[gname] or {}).items():
+            if name == "pool":
+                continue
             if name not in group_vals:
                 group_vals[name] = (value, f"group:{gname}")
             elif combine == "max":
@@ -148,7 +183,11 @@ def resolve_quota(defaults: Quota, groups: dict[str, dict] | None = None,
     for name, (value, src) in group_vals.items():
         values[name], source[name] = value, src
     for name, value in (override or {}).items():
-        values[name], source[name] = value, "user"
+        if name != "pool":
+            values[name], source[name] = value, "user"
+    named = named_pools(groups, override)
+    values["pool"] = choose_pool(named, pools, default_pool or defaults.pool)
+    source["pool"] = named.get(values["pool"], "default")
     values["models"] = tuple(values["models"])
     return Quota(**values), source
 
@@ -161,11 +200,16 @@ def _store_unreadable(what: str, e: Exception) -> EngineUnavailable:
 
 
 class TokenWindow:
-    """Tokens used in the last minute (1-second buckets) and in the current UTC day."""
+    """Tokens used in the last minute (1-second buckets) and in the current UTC day.
 
-    def __init__(self, day_start_tokens: int = 0):
-        self._buckets: deque[tuple[int, int]] = deque()
-        self._minute = 0
+    A window can start from usage recorded elsewhere (another engine of the pool, before a
+    restart): ``day_start_tokens`` today's, ``recent`` the last minute's as (second, tokens)
+    pairs, oldest first.
+    """
+
+    def __init__(self, day_start_tokens: int = 0, recent: tuple[tuple[int, int], ...] = ()):
+        self._buckets: deque[tuple[int, int]] = deque(recent)
+        self._minute = sum(n for _, n in recent)
         self._day = datetime.now(timezone.utc).date()
         self._day_tokens = day_start_tokens
 
@@ -349,8 +393,10 @@ class TenantRegistry:
     """
 
     def __init__(self, defaults: Quota, *, store=None, ledger=None,
-                 on_quota: Callable[[Tenant], None] = lambda t: None):
+                 on_quota: Callable[[Tenant], None] = lambda t: None,
+                 pools: tuple[str, ...] = (), default_pool: str = ""):
         self.defaults = defaults
+        self.pools, self.default_pool = tuple(pools), default_pool     # how a tenant's pool is chosen
         self.store = store
         self.ledger = ledger
         self.on_quota = on_quota
@@ -374,16 +420,22 @@ class TenantRegistry:
         return sorted(self.tenants)
 
     def resolve(self, name: str, groups: dict[str, dict] | None = None, is_admin: bool = False,
-                override: tuple[int, dict | None] | None = None) -> Tenant:
+                override: tuple[int, dict | None] | None = None, window: TokenWindow | None = None) -> Tenant:
         """The tenant ``name`` with its quota resolved (defaults <- groups <- user override).
 
         ``override`` is what ``read_override`` found (read off the loop); without it, it is read here.
+        ``window``: token windows seeded from the shared ledger (the tenant just came to this
+        engine from another of its pool), replacing what this engine counted so far.
         """
         version, fields = override if override is not None else self.read_override(name)
         if version != self._override_versions.get(name, 0):
             fields = self._overrides.get(name)    # this engine changed it after that read: the change is newer
         t = self.tenants.get(name)
-        if t is None:
+        if window is not None:
+            if t is None:
+                t = self.tenants[name] = Tenant(name=name, window=window)
+            t.window = window
+        elif t is None:
             day_tokens = 0
             if self.ledger is not None:
                 midnight = datetime.combine(datetime.now(timezone.utc).date(), dtime(), tzinfo=timezone.utc)
@@ -398,7 +450,8 @@ class TenantRegistry:
         return t
 
     def _resolve(self, t: Tenant) -> None:
-        t.quota, t.quota_source = resolve_quota(self.defaults, t.group_quotas, t.override)
+        t.quota, t.quota_source = resolve_quota(self.defaults, t.group_quotas, t.override,
+                                                pools=self.pools, default_pool=self.default_pool)
         self.on_quota(t)
 
     # ------------------------------------------------------------ overrides
