@@ -89,13 +89,16 @@ class PotluckApp(Application):
     db_url = Unicode(
         help="""SQLAlchemy URL of the database: quota overrides, usage ledger, audit log, tokens.
 
-        Default: sqlite:///<data_dir>/potluck.sqlite. Use PostgreSQL for large hubs,
-        e.g. postgresql://potluck@db/potluck.
+        Default: $POTLUCK_DB_URL (so a password need not be on a command line), else
+        sqlite:///<data_dir>/potluck.sqlite. Use PostgreSQL for large hubs, e.g.
+        postgresql://potluck@db/potluck; every engine of a hub with pools shares one.
         """,
     ).tag(config=True)
 
     @default("db_url")
     def _default_db_url(self) -> str:
+        if os.environ.get("POTLUCK_DB_URL"):
+            return os.environ["POTLUCK_DB_URL"]
         return "sqlite:///" + os.path.join(os.path.abspath(os.path.expanduser(self.data_dir)), "potluck.sqlite")
 
     config_file = Unicode(
@@ -160,6 +163,11 @@ class PotluckEngine(PotluckApp, EngineConfig):
         "max-context-tokens": "PotluckEngine.max_context_tokens",
         "max-body-size": "PotluckEngine.max_body_size",
         "authenticator": "PotluckEngine.authenticator_class",
+        "engine-name": "PotluckEngine.engine_name",
+        "pool": "PotluckEngine.pool",
+        "pools": "PotluckEngine.pools",
+        "default-pool": "PotluckEngine.default_pool",
+        "accelerator": "PotluckEngine.accelerator",
     }
     flags = {
         "generate-config": ({"PotluckEngine": {"generate_config": True}},
@@ -287,6 +295,7 @@ class PotluckEngine(PotluckApp, EngineConfig):
             # Unwrapped: traitlets' catch_config_error would log and exit before the Hub case is decided.
             Application.parse_command_line.__wrapped__(self, argv)
             self.load_config()
+            self.pool_settings()        # pool, pools and default_pool must agree with each other
         except TraitError as e:
             self.start_error = "bad setting: " + " ".join(str(e).split())
             if not self.serve_errors:

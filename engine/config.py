@@ -16,11 +16,15 @@ the setting and what it must be.
 
 from __future__ import annotations
 
-from traitlets import Dict, Enum, Float, Integer, TraitError, Unicode, validate
+import os
+import socket
+
+from traitlets import Dict, Enum, Float, Integer, List, TraitError, Unicode, default, validate
 from traitlets.config import Configurable
 
 from .accelerator import check_profile_fields
 from .errors import PotluckError
+from .pools import check_pool_name
 from .tenants import QUOTA_FIELDS, Quota, validate_quota_fields
 
 
@@ -120,6 +124,104 @@ class EngineConfig(Configurable):
         runs' next forwards, so they join one batch instead of trickling into separate steps.
         0 turns it off. Only runs waiting on the model make the loop wait; generate-only load never does.""",
     ).tag(config=True)
+
+    # ------------------------------------------------------------ pools (placement.py)
+    engine_name = Unicode(
+        help="""This engine's name among the hub's engines (a pool's engines are Hub services named
+        potluck-<pool>-<index>). Tenants are pinned to engines by this name, so keep it stable across
+        restarts and moves. Default: $JUPYTERHUB_SERVICE_NAME, else the host name.""",
+    ).tag(config=True)
+
+    @default("engine_name")
+    def _default_engine_name(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_NAME") or socket.gethostname() or "potluck"
+
+    pool = Unicode(
+        "", help="""The pool this engine serves (one per accelerator class, e.g. "h100"). It then admits only
+        the tenants it serves: those whose quota's pool is this one and whose rendezvous ranking puts this
+        engine first among the pool's live engines; everyone else gets 421 naming their engine. "" (the
+        default): not pooled, every tenant is served here.""",
+    ).tag(config=True)
+
+    pools = List(
+        Unicode(), help="""Every pool of the hub, in its order of preference: a tenant whose groups name several
+        pools is in the first of them. Default: [pool]. Every engine of a hub must have the same list.""",
+    ).tag(config=True)
+
+    default_pool = Unicode(
+        "", help="""The pool of tenants whose groups name none of the pools. Default: the first of pools.""",
+    ).tag(config=True)
+
+    engine_stale_seconds = Float(
+        6.0, help="""An engine whose last heartbeat (in the shared database) is older than this is taken as
+        gone and its tenants move to their next engine. Heartbeats are written every third of it. An engine
+        that stops cleanly is gone at once.""",
+    ).tag(config=True)
+
+    accelerator = Unicode(
+        "", help="""The accelerator class this engine runs on (e.g. "h100", "cpu"): shown in /api/status and
+        the admin's list of engines, nothing more. Default: the pool's name.""",
+    ).tag(config=True)
+
+    @default("accelerator")
+    def _default_accelerator(self) -> str:
+        return self.pool
+
+    @validate("engine_name")
+    def _check_engine_name(self, proposal) -> str:
+        value = proposal["value"]
+        if not value or len(value) > 255 or any(c.isspace() for c in value):
+            raise TraitError(f"engine_name must be 1-255 characters without spaces, got {value!r}")
+        return value
+
+    @validate("pool", "default_pool")
+    def _check_pool(self, proposal) -> str:
+        value = proposal["value"]
+        if value:
+            try:
+                check_pool_name(value)
+            except ValueError as e:
+                raise TraitError(f"{proposal['trait'].name}: {e}") from None
+        return value
+
+    @validate("pools")
+    def _check_pools(self, proposal) -> list:
+        value = list(proposal["value"])
+        for name in value:
+            try:
+                check_pool_name(name)
+            except ValueError as e:
+                raise TraitError(f"pools: {e}") from None
+        if len(set(value)) != len(value):
+            raise TraitError(f"pools names a pool twice: {value}")
+        return value
+
+    @validate("engine_stale_seconds")
+    def _check_stale(self, proposal) -> float:
+        value = proposal["value"]
+        if not 1 <= value <= 3600:
+            raise TraitError(f"engine_stale_seconds must be from 1 to 3600, got {value}")
+        return value
+
+    def pool_settings(self) -> tuple[str, tuple[str, ...], str]:
+        """(pool, pools, default_pool) as the placement uses them, checked together.
+
+        Raises ``TraitError`` (one line) when they disagree: an engine that served a pool the hub
+        does not have would admit tenants no client is ever sent to.
+        """
+        pool, pools, default_pool = self.pool, tuple(self.pools), self.default_pool
+        if not pool:
+            if pools or default_pool:
+                raise TraitError("pools and default_pool are set but pool is not: an engine of a pooled hub "
+                                 "names the pool it serves (PotluckEngine.pool)")
+            return "", (), ""
+        pools = pools or (pool,)
+        default_pool = default_pool or pools[0]
+        if pool not in pools:
+            raise TraitError(f"pool {pool!r} is not one of pools ({', '.join(pools)})")
+        if default_pool not in pools:
+            raise TraitError(f"default_pool {default_pool!r} is not one of pools ({', '.join(pools)})")
+        return pool, pools, default_pool
 
     def __init__(self, **kwargs) -> None:
         # A misspelt setting must fail here, not fall back to its default (traitlets only warns).
