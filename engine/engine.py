@@ -56,8 +56,12 @@ class Engine:
         self.ledger = ledger
         self._loaded = loaded
         self.scheduler = make_scheduler(self.config.scheduler)
+        _, pools, default_pool = self.config.pool_settings()
         self.tenants = TenantRegistry(self.config.default_quota_object(), store=store, ledger=ledger,
-                                      on_quota=self._quota_changed)
+                                      on_quota=self._quota_changed, pools=pools, default_pool=default_pool)
+        # Set by the service for an engine of a hub (placement.Placement): a tenant that has just
+        # become this engine's is resolved with token windows seeded from the shared ledger.
+        self.placement = None
         self.composer = StepComposer(CostModel(), factor=self.config.latency_target_factor,
                                      target_ms=self.config.latency_target_ms, context_of=lambda seq: seq.ctx.length)
         self.loop = BatchLoop(self.scheduler, self.composer, self.tenants, self.config.forward_linger_ms)
@@ -385,11 +389,14 @@ class Engine:
         # The override is read here, off the loop: fresh for every request (another engine of the
         # hub may have changed it), and the batch loop never waits on the database.
         override = self.tenants.read_override(name)
-        return self.loop.call(self._resolve_tenant, name, groups, is_admin, override)
 
-    def _resolve_tenant(self, name: str, groups, is_admin: bool, override=None) -> Tenant:
+        def resolve(window) -> Tenant:
+            return self.loop.call(self._resolve_tenant, name, groups, is_admin, override, window)
+        return resolve(None) if self.placement is None else self.placement.resolve(name, resolve)
+
+    def _resolve_tenant(self, name: str, groups, is_admin: bool, override=None, window=None) -> Tenant:
         self.contexts.add_tenant(name)
-        return self.tenants.resolve(name, groups, is_admin, override)
+        return self.tenants.resolve(name, groups, is_admin, override, window)
 
     def known_tenant(self, name: str) -> Tenant | None:
         """A tenant already resolved, without waiting for the loop (a read of one registry entry)."""
@@ -450,6 +457,14 @@ class Engine:
                 "stats": dict(self.stats),
             }
         return self.loop.call(snapshot)
+
+    def load(self) -> dict:
+        """The load summary each heartbeat carries (the admin's list of engines), read off the loop:
+        plain counters, because a heartbeat must never wait behind a long step."""
+        pool = self.rt.pool if self.rt is not None else None
+        return {"queue_depth": self.scheduler.depth(), "requests_active": len(self._generations),
+                "kv_pages_used": pool.used_slots if pool is not None else 0,
+                "kv_pages_total": pool.num_slots if pool is not None else 0}
 
     def tenant_report(self, name: str) -> dict | None:
         return self.loop.call(self._report, name)
