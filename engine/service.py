@@ -7,7 +7,9 @@ between tenants, each held to ``request_threads_per_tenant``), the metrics,
 the inferlet run manager and the request limits. ``serve`` assembles
 it from the command line's settings (``PotluckEngine``, which is also the
 engine's ``EngineConfig``), listens, and on SIGTERM or SIGINT stops in the
-one safe order: HTTP server, runs, engine, open connections, ledger, store.
+one safe order: HTTP server, the ledger's pending usage, the engine's place in
+the hub (``placement``: marked stopped, so its tenants move at once, with their
+usage already in the shared ledger), runs, engine, open connections, ledger, store.
 
 ``make_app`` builds the tornado application under a base URL (``/``
 standalone, the Hub service prefix such as ``/services/potluck/`` under a
@@ -42,11 +44,13 @@ from tornado.httpserver import HTTPServer
 from . import __version__
 from .auth import Authenticator
 from .engine import Engine
-from .http import admin, completions, contexts, dashboard, generate, me, metrics, openai, responses, runs, status
+from .http import (admin, completions, contexts, dashboard, engines, generate, me, metrics, openai, responses, runs,
+                   status)
 from .http.base import NotFoundHandler
 from .http.fairpool import FairPool
 from .hubgroups import kv_pool_warnings
 from .metrics import EngineMetrics
+from .placement import Placement
 from .store import Store, StoreError, UsageLedger
 
 if TYPE_CHECKING:
@@ -65,6 +69,7 @@ ROUTES: list[tuple[str, type[web.RequestHandler]]] = [
     *contexts.default_handlers,
     *runs.default_handlers,
     *admin.default_handlers,
+    *engines.default_handlers,
     *openai.default_handlers,
     *completions.default_handlers,
     *responses.default_handlers,
@@ -85,6 +90,7 @@ class Service:
     authenticate_prometheus: bool = True
     runs: Any = None                    # the sandbox's RunManager; None when it could not load
     runs_error: str | None = None       # why not (the runs endpoints answer 503 with it)
+    placement: Placement | None = None  # which tenants this engine serves (None: everyone, no heartbeat)
     started: float = field(default_factory=time.time)
 
     @property
@@ -106,10 +112,15 @@ def make_app(service: Service, base_url: str = "/") -> web.Application:
     # cookie_secret: the dashboard page's Hub OAuth cookie (a new one per process: a restart
     # means one more trip through the Hub's login, never a cookie that outlives the engine).
     return web.Application(handlers, service=service, default_handler_class=NotFoundHandler,
+                           potluck_any_engine=ANY_ENGINE,
                            compress_response=False, serve_traceback=False,
                            websocket_ping_interval=30, potluck_base_url=base,
                            cookie_secret=secrets.token_bytes(32), log_function=log_request)
 
+
+# Tenant endpoints that every engine of a pool answers, for any tenant (besides public and admin-only
+# ones): /api/me says where the caller is served ("route"), /metrics is every engine's own.
+ANY_ENGINE = (me.MeHandler, metrics.MetricsHandler)
 
 # What the lab extension and notebooks poll every few seconds. Answered, they are logged at
 # debug (three users' labs made ~540 INFO lines in 20 minutes); failures stay visible.
@@ -170,11 +181,26 @@ async def serve(settings: PotluckEngine) -> int:
     run_manager, runs_error = await loop.run_in_executor(executor, start_runs, engine, store)
     if run_manager is not None:
         engine_metrics.watch_runs(run_manager)
+    pool, pools, default_pool = settings.pool_settings()
+    placement = Placement(store, name=settings.engine_name, pool=pool, pools=pools, default_pool=default_pool,
+                          accelerator=settings.accelerator, stale_seconds=settings.engine_stale_seconds,
+                          ledger=ledger, load=engine.load)
+    try:
+        # Registered (and the hub's engines read once) before listening: the first request finds a view.
+        await loop.run_in_executor(executor, placement.start)
+    except Exception as e:
+        if run_manager is not None:
+            await loop.run_in_executor(executor, run_manager.shutdown)
+        await loop.run_in_executor(executor, engine.stop)
+        ledger.close()
+        store.close()
+        return await start_failed(settings, executor, "cannot register in the hub's engines: " + one_line(e))
+    engine.placement = placement
     service = Service(engine=engine, store=store, ledger=ledger,
                       authenticator=authenticator,
                       executor=executor, metrics=engine_metrics, max_body_size=settings.max_body_size,
                       authenticate_prometheus=settings.authenticate_prometheus,
-                      runs=run_manager, runs_error=runs_error)
+                      runs=run_manager, runs_error=runs_error, placement=placement)
     engine_metrics.watch_groups(service.authenticator)
     # e.g. seeds default group quotas into the Hub, in the background
     await service.authenticator.start(kv_pool_pages=engine.pool.num_slots)
@@ -188,6 +214,7 @@ async def serve(settings: PotluckEngine) -> int:
         server.listen(settings.port, settings.ip)
     except OSError as e:
         log.critical("cannot listen on %s:%s: %s", settings.ip, settings.port, e)
+        await loop.run_in_executor(executor, placement.stop)
         if run_manager is not None:
             await loop.run_in_executor(executor, run_manager.shutdown)
         await loop.run_in_executor(executor, engine.stop)
@@ -196,6 +223,9 @@ async def serve(settings: PotluckEngine) -> int:
         return 1
     log.info("Potluck engine %s serving %s at http://%s:%d%s", __version__, engine.model_name,
              settings.ip, settings.port, base)
+    if pool:
+        log.info("engine %s of pool %r (pools: %s; default %r)", settings.engine_name, pool, ", ".join(pools),
+                 default_pool)
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -280,6 +310,11 @@ async def shutdown(service: Service, server: HTTPServer) -> None:
     loop = asyncio.get_running_loop()
     executor = service.executor
     server.stop()
+    if service.placement is not None:
+        # Usage so far into the shared ledger first: the engine its tenants move to seeds their
+        # token windows from it. Then marked stopped: they move now, not after engine_stale_seconds.
+        await loop.run_in_executor(executor, service.ledger.flush)
+        await loop.run_in_executor(executor, service.placement.stop)
     if service.runs is not None:
         # Cancels every run and waits for their threads; followers get the final status event.
         await loop.run_in_executor(executor, service.runs.shutdown)

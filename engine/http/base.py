@@ -25,6 +25,13 @@ blocking call is its door: a tenant whose calls in flight plus running
 generations reach its ``max_concurrent_requests`` gets the 429 there, before
 it takes a thread. This module imports nothing that imports it back (the
 ``Service`` type only for type checking).
+
+On an engine of a pool, the door comes first: as soon as the caller is known
+(``authenticate``), a tenant endpoint on an engine that does not serve the
+caller is refused with 421 ``wrong_engine`` naming the engine and pool that do
+(``placement.Placement.admit``: the cached view, no database, no thread, nothing
+reserved). Answered by any engine: public handlers (status), admin-only ones,
+and those the service lists as ``potluck_any_engine`` (``/api/me``, ``/metrics``).
 """
 
 from __future__ import annotations
@@ -172,7 +179,16 @@ class ServiceHandler(web.RequestHandler):
             LANE.reset(turn)
         self.identity = identity
         LANE.set(tenant_lane(identity.tenant))     # this request's task only (asyncio copies contexts)
+        self._door(identity)
         return identity
+
+    def _door(self, identity: Identity) -> None:
+        """``WrongEngine`` (421) when another engine of the hub serves this tenant (see the module's docstring)."""
+        placement = self.service.placement
+        if (placement is None or getattr(self, "public", False) or getattr(self, "admin_only", False)
+                or isinstance(self, self.settings.get("potluck_any_engine", ()))):
+            return
+        placement.admit(identity.tenant, identity.groups)
 
     def lane(self) -> Lane:
         """Whose turn this request's blocking work waits for: its tenant's, or before that its credential's."""

@@ -61,6 +61,8 @@ class StatusHandler(APIHandler):
         status = await self.blocking(self.engine.status)
         status["uptime_seconds"] = round(self.service.uptime(), 3)
         status["kv"]["memory_bytes"] = self.engine.pool.memory_bytes      # sized at start, never changes
+        if self.service.placement is not None:      # which engine this is: no tenant's data
+            status["engine"] = self.service.placement.describe()
         if await self._caller_is_admin():
             status["coarse"] = False
         else:
