@@ -1,5 +1,5 @@
 """The engine image's entrypoint with a real ``potluck engine``: started as pod ``potluck-cpu-0``
-with its token file beside a sibling's, it serves as the Hub service of that name (under
+with the rendered StatefulSet's arguments and its token file beside a sibling's, it serves as the Hub service of that name (under
 ``/services/potluck-cpu-0/``, Hub authentication), and ``potluck-pod probe`` passes for that pod
 name only. No Hub runs: the probe path is public, and a request with a token would ask the Hub."""
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from k8s_deploy import KUBE
+from k8s_deploy import KUBE, example_values, rendered
 from support.engine_process import free_port
 
 POD = [sys.executable, str(KUBE / "images" / "potluck-pod")]
@@ -35,7 +35,7 @@ def pod_engine(tmp_path_factory):
            "POTLUCK_DATA_DIR": str(tmp / "data"),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     log = open(tmp / "engine.log", "w")
-    proc = subprocess.Popen([*POD, "engine", "--kv-pages=64"], env=env, stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([*POD, "engine", *cpu_class_args(), "--kv-pages=64"], env=env, stdout=log, stderr=subprocess.STDOUT,
                             cwd=tmp)
     try:
         deadline = time.monotonic() + 240
@@ -53,6 +53,14 @@ def pod_engine(tmp_path_factory):
         log.close()
 
 
+def cpu_class_args() -> list[str]:
+    """The arguments the StatefulSet potluck-cpu gives its engines (no default groups: no Hub to seed)."""
+    values = {**example_values(), "groups": {}}
+    sts = next(d for d in rendered(values)["engines.yaml"]
+               if d["kind"] == "StatefulSet" and d["metadata"]["name"] == "potluck-cpu")
+    return sts["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
 def probe(env: dict) -> int:
     return subprocess.run([*POD, "probe"], env=env, capture_output=True, timeout=60).returncode
 
@@ -61,6 +69,8 @@ def test_the_pod_serves_as_the_hub_service_named_after_it(pod_engine):
     env, root = pod_engine
     status = requests.get(root + "/services/potluck-cpu-0/api/status", timeout=30)
     assert status.status_code == 200 and status.json()["model"] == "SmolLM2-135M-Instruct"
+    # Its name among the hub's engines is the pod's; its pool and class are the rendered ones.
+    assert status.json()["engine"] == {"name": "potluck-cpu-0", "pool": "cpu", "accelerator": "cpu"}
     assert requests.get(root + "/api/status", timeout=30).status_code == 404
     # Hub authentication is in force: no token, no tenant; a token is the Hub's to check (and no Hub runs here).
     assert requests.get(root + "/services/potluck-cpu-0/api/me", timeout=30).status_code == 401
