@@ -45,11 +45,10 @@ class ValuesError(ValueError):
 
 
 # ------------------------------------------------------------------ the values, checked
-def _need(mapping: dict, key: str, where: str, kind=str):
+def _need(mapping: dict, key: str, where: str) -> str:
     value = mapping.get(key)
-    if not isinstance(value, kind) or (kind is str and not value):
-        raise ValuesError(f"{where}.{key} must be a {'non-empty string' if kind is str else kind.__name__}, "
-                          f"got {value!r}")
+    if not isinstance(value, str) or not value:
+        raise ValuesError(f"{where}.{key} must be a non-empty string, got {value!r}")
     return value
 
 
@@ -61,6 +60,9 @@ def check_values(values) -> dict:
     if unknown:
         raise ValuesError(f"unknown top-level key(s) {sorted(unknown)}; known: {sorted(TOP_KEYS)}")
     hub, db, images = (values.get(k) or {} for k in ("hub", "database", "images"))
+    for key, part in (("hub", hub), ("database", db), ("images", images)):
+        if not isinstance(part, dict):
+            raise ValuesError(f"{key} must be a mapping, got {part!r}")
     for key in ("namespace", "service", "secret"):
         _need(hub, key, "hub")
     for key in ("secret", "key"):
