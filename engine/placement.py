@@ -161,7 +161,7 @@ class Placement:
                 if self._route(tenant, groups).engine != self.name:
                     del self._served[tenant]
                     self._unseeded.discard(tenant)
-        if self.pool and before != view.get(self.pool):
+        if self.pool and (before != view.get(self.pool) or self._thread is None):     # changed, or at start
             log.info("pool %r: live engines now %s", self.pool, ", ".join(view.get(self.pool, ())))
 
     # ------------------------------------------------------------ routing (no database here)
