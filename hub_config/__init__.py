@@ -108,12 +108,13 @@ def configure(c, *, engine_url: str | None = None, url: str = DEFAULT_URL, engin
         for containers or Kubernetes). Not used with pools (each engine item has its own).
     display: show the service on the Hub's home page (its root is the admin dashboard, for engine
         admins; off by default).
-    pools: ``{pool: {"engines": [URL or {"url", "kernel_url", "api_token", "external"}, ...],
-        "accelerator": "h100", "external": False, "engine_args": [...], "model": ...}}``, in the
+    pools: ``{pool: {"engines": [URL or {"url", "kernel_url", "api_token", "external", "environment"}, ...],
+        "accelerator": "h100", "external": False, "engine_args": [...], "model": ..., "environment": {...}}}``, in the
         hub's order of preference (a user whose groups name two pools gets the first). Engines
         are managed unless ``external``. Replaces ``engine_url``/``url``/``name``.
     default_pool: the pool of users whose groups name none (default: the only pool).
-    db_url: the database every engine shares (PostgreSQL); required with more than one engine.
+    db_url: the database every engine shares (PostgreSQL), given to the managed ones; required when
+        the Hub starts any of several engines (external ones are configured where they run).
     """
     if pools is not None:
         if engine_url is not None:
@@ -238,10 +239,10 @@ def _pool_engines(pools: dict, default_pool, engine_args, data_dir, model, db_ur
     engines, urls, accelerators = [], {}, {}
     for pool, spec in pools.items():
         spec = dict(spec or {})
-        unknown = set(spec) - {"engines", "accelerator", "external", "engine_args", "model"}
+        unknown = set(spec) - {"engines", "accelerator", "external", "engine_args", "model", "environment"}
         if unknown:
             raise ValueError(f"pool {pool!r}: unknown key(s) {', '.join(sorted(unknown))} "
-                             "(engines, accelerator, external, engine_args, model)")
+                             "(engines, accelerator, external, engine_args, model, environment)")
         items = spec.get("engines") or []
         if isinstance(items, str) or not items:
             raise ValueError(f"pool {pool!r} needs engines: a list of URLs")
@@ -259,8 +260,12 @@ def _pool_engines(pools: dict, default_pool, engine_args, data_dir, model, db_ur
                            "command": _managed_command([*engine_args, *spec.get("engine_args", [])],
                                                        data_dir and f"{data_dir.rstrip('/')}/{name}",
                                                        spec.get("model") or model)}
+                # e.g. CUDA_VISIBLE_DEVICES: one managed engine per GPU of a multi-GPU host
+                env = {**spec.get("environment", {}), **item.get("environment", {})}
                 if db_url:
-                    service["environment"] = {"POTLUCK_DB_URL": db_url}
+                    env["POTLUCK_DB_URL"] = db_url
+                if env:
+                    service["environment"] = env
             if item.get("api_token"):
                 service["api_token"] = item["api_token"]
             settings = {"PotluckEngine.pool": pool, "PotluckEngine.pools": json.dumps(order),
@@ -270,9 +275,10 @@ def _pool_engines(pools: dict, default_pool, engine_args, data_dir, model, db_ur
             kernel = (item.get("kernel_url") or bind).rstrip("/") + f"/services/{name}/"
             engines.append({"service": service, "settings": settings, "kernel_url": kernel})
             urls[pool][name] = kernel
-    if len(engines) > 1 and not db_url:
-        raise ValueError("several engines need db_url: they share one database (PostgreSQL) for tokens, "
-                         "quotas, usage and saved contexts")
+    # External engines read the database URL from their own settings; the Hub only passes it on.
+    if len(engines) > 1 and any("command" in e["service"] for e in engines) and not db_url:
+        raise ValueError("several engines need db_url for the ones the Hub starts: every engine shares one "
+                         "database (PostgreSQL) for tokens, quotas, usage and saved contexts")
     return engines, PoolMap(pools=urls, default_pool=default_pool, accelerators=accelerators)
 
 

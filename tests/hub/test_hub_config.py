@@ -133,6 +133,7 @@ def test_an_external_engine_keeps_the_token_z2jh_already_registered():
     ({"pools": POOLS}, "default_pool is required"),
     ({"pools": POOLS, "default_pool": "tpu", "db_url": DB}, "default_pool 'tpu' is not one of the pools"),
     ({"pools": POOLS, "default_pool": "cpu"}, "several engines need db_url"),
+    ({"pools": {"cpu": {"engines": ["http://a:1", "http://b:1"]}}}, "several engines need db_url"),
     ({"pools": {"H100!": {"engines": ["http://a:1"]}}}, "pool name 'H100!'"),
     ({"pools": {"cpu": {"engines": "http://a:1"}}}, "needs engines: a list of URLs"),
     ({"pools": {"cpu": {"engines": ["gpu-1"]}}}, "must be http://HOST:PORT"),
@@ -156,3 +157,13 @@ def test_the_pools_example_configures_a_hub(monkeypatch, capsys):
     # external engines are told, once each, what they must be started with
     err = capsys.readouterr().err
     assert "potluck-gpu-1 needs" in err and "--PotluckEngine.pool=gpu" in err
+
+
+def test_external_engines_alone_need_no_db_url_and_managed_ones_get_their_environment():
+    c = configured(pools={"h100": {"engines": ["http://gpu-1:8765", "http://gpu-2:8765"], "external": True}})
+    assert all("command" not in s for s in c.JupyterHub.services)
+    c = configured(pools={"gpu": {"engines": [{"url": "http://127.0.0.1:8766", "environment": {"CUDA_VISIBLE_DEVICES": "0"}},
+                                              {"url": "http://127.0.0.1:8767", "environment": {"CUDA_VISIBLE_DEVICES": "1"}}]}},
+                   db_url=DB)
+    envs = [s["environment"] for s in c.JupyterHub.services]
+    assert envs == [{"CUDA_VISIBLE_DEVICES": "0", "POTLUCK_DB_URL": DB}, {"CUDA_VISIBLE_DEVICES": "1", "POTLUCK_DB_URL": DB}]
