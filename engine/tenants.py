@@ -123,14 +123,11 @@ def validate_quota_fields(fields: dict, *, where: str = "quota") -> dict:
             value = tuple(value)
         elif name == "pool":
             value = "" if value is None else value      # null: no pool named, as ""
-            if not isinstance(value, str):
-                raise BadRequest(f"{where}: pool must be a pool name (a string), got {value!r}",
-                                 code="invalid_quota", param=name)
-            if value:
-                try:
+            try:
+                if value != "":
                     check_pool_name(value)
-                except ValueError as e:
-                    raise BadRequest(f"{where}: {e}", code="invalid_quota", param=name) from None
+            except ValueError as e:
+                raise BadRequest(f"{where}: {e}", code="invalid_quota", param=name) from None
         out[name] = value
     return out
 
