@@ -92,6 +92,8 @@ def test_each_engine_says_who_it_is_and_lists_the_other(pair):
         alive = {e["name"]: e["alive"] for e in listed["engines"]}
         assert alive == {n: True for n in ENGINES}, listed
         assert all(e["pool"] == "cpu" and e["load"] is not None for e in listed["engines"]), listed
+        # Every engine's own metrics, whoever the admin is "served" by.
+        assert proc.client(ADMIN, admin=True).get("/metrics").status_code == 200
     # Not for tenants.
     r = pair[ENGINES[0]].client(tenant_of(ENGINES[0])).get("/api/admin/engines")
     assert r.status_code == 403
@@ -106,7 +108,8 @@ def test_a_tenant_on_the_wrong_engine_gets_421_naming_the_right_one(pair):
     err = error_of(r)
     assert err["code"] == "wrong_engine" and err["engine"] == a and err["pool"] == "cpu"
     assert err["message"] == f"you are served by engine {a} of pool 'cpu'; this is {b}"
-    for method, path in (("GET", "/api/contexts"), ("GET", "/api/runs"), ("GET", "/v1/models")):
+    for method, path in (("GET", "/api/contexts"), ("GET", "/api/runs"), ("GET", "/v1/models"),
+                         ("GET", "/api/runs/nope/events")):
         assert wrong.request(method, path).status_code == 421, path
     # The OpenAI door: OpenAI's error shape, the same code and names.
     r = wrong.post("/v1/chat/completions", json={"model": "any", "messages": [{"role": "user", "content": "Hi"}]})
