@@ -176,8 +176,10 @@ class EngineRouter:
                 if route is None:
                     silent.append(engine)
                     continue
-                target = route.get("engine") or engine
-                if target != avoid and (target == engine or self._ask(target) is not None):
+                # None: no engine of the tenant's pool is live in the engines' view (yet)
+                target = route.get("engine") if "engine" in route else engine
+                known = target is not None and self.pools.pool_of(target) is not None
+                if known and target != avoid and (target == engine or self._ask(target) is not None):
                     self.engine, self.pool = target, self.pools.pool_of(target)
                     return target
                 break

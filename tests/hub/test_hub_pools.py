@@ -39,6 +39,8 @@ import os
 import potluck.hub_config
 c = get_config()
 c.JupyterHub.bind_url = os.environ["POTLUCK_HUB_URL"]
+c.JupyterHub.authenticator_class = "shared-password"
+c.SharedPasswordAuthenticator.user_password = "potluck-pools-test"
 c.Authenticator.allow_all = True
 c.JupyterHub.spawner_class = "simple"
 potluck.hub_config.configure(
@@ -175,12 +177,12 @@ def test_quota_and_usage_are_the_same_from_every_engine(hub, users):
         seen = [requests.get(f"{hub.url}/services/{e}/api/me", headers={"Authorization": f"token {token}"},
                              timeout=60).json() for e in (*LARGE, SMALL)]
         quotas = {json.dumps(m["quota"], sort_keys=True) for m in seen}
-        usage = {(m["usage"]["prefill_tokens"], m["usage"]["decode_tokens"]) for m in seen}
+        usage = {(m["usage_total"]["prefill_tokens"], m["usage_total"]["decode_tokens"]) for m in seen}
         if len(quotas) == 1 and len(usage) == 1 or time.monotonic() > deadline:
             break
         time.sleep(1)       # the serving engine's ledger reaches the database every second here
     assert len(quotas) == 1 and seen[0]["quota"]["tokens_per_minute"] == 90000, seen
-    assert len(usage) == 1 and seen[0]["usage"]["decode_tokens"] >= 6, [m["usage"] for m in seen]
+    assert len(usage) == 1 and seen[0]["usage_total"]["decode_tokens"] >= 6, [m["usage_total"] for m in seen]
 
 
 def test_stopping_a_replica_moves_its_users_with_their_saved_contexts(hub, users):

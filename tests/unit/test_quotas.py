@@ -126,7 +126,7 @@ def test_quota_values_past_their_maximum_are_refused_naming_the_field_and_the_ma
         assert e.value.to_json()["error"]["maximum"] == QUOTA_MAX[name]
     # The largest value is still accepted, and every numeric field has a maximum.
     assert validate_quota_fields({"fuel_per_run": QUOTA_MAX["fuel_per_run"]})
-    assert set(QUOTA_MAX) == {n for n, v in Quota().to_json().items() if n not in ("priority", "models")}
+    assert set(QUOTA_MAX) == {n for n, v in Quota().to_json().items() if n not in ("priority", "models", "pool")}
 
 
 def test_new_storage_quota_fields_have_defaults_and_are_validated_like_the_others():
