@@ -6,21 +6,27 @@ chunk and takes its time. Fair shares of *tokens* (the scheduler's VTC)
 cannot see that; this module measures *time*.
 
 - ``CostModel`` predicts a step's seconds from what it carries (a fixed cost,
-  per prefill token, per decode sequence, per KV token read), fitted online
+  per prefill token, per decode sequence, per prefill chunk, the keys the
+  decodes read, the query-key pairs of the prefill chunks), fitted online
   from the engine's own measured steps, starting from a prior and pulled
   back towards it where the steps seen so far cannot tell the terms apart.
 - ``StepComposer`` builds each step in two passes over the scheduler's fair
   order. First the *latency-sensitive* work: interactive requests of tenants
-  whose whole demand costs well under their fair share of the step (they are
-  not backlogged in the max-min sense; a flood is, even a decode flood whose
-  24 tokens would fit one step's token budget). If there is such work the
+  whose whole demand costs under their fair share of the step, and whose
+  target is shorter than the step the largest other tenant makes alone (so
+  holding the step to it helps; a flood, even a decode flood whose 24 tokens
+  fit one step's token budget, is not sensitive). If there is such work the
   step gets a target: ``latency_target_factor`` x the time that work would
   take alone (or ``latency_target_ms``, never below that time). Then the rest
   in fair order, only while the predicted step fits the target: prefill
   chunks are cut to fit, decodes that do not fit wait for the next step.
-  Without latency-sensitive work (for ``HOLD_SECONDS`` after the last) the
-  step fills the whole token budget, so a flood alone (or two floods) loses
-  nothing.
+  Without latency-sensitive work (for ``HOLD_SECONDS`` after the last) a
+  step is cut only to the *flood cap*: the shortest step whose predicted
+  tokens/s are still ``FLOOD_STEP_EFFICIENCY`` of a full-budget step's. A
+  newcomer's first token waits for the step in flight; on a CPU a full
+  256-token step is ~0.5 s, the cap ~0.25 s for ~10% of a lone flood's
+  tokens/s (on a GPU, where the fixed cost is a small share, the cap is near
+  the full step).
 
 Charging stays in tokens (the scheduler's ``charge``): the second pass serves
 backlogged tenants in VTC order, so the bound on their service difference
@@ -41,21 +47,32 @@ import numpy as np
 
 from .scheduler import BATCH, FairScheduler, Schedulable
 
-# seconds = fixed + prefill_token * P + decode_seq * D + kv_token * K. A start only: a 2-core CPU
-# with the 135M default model measured about these; a GPU is orders of magnitude faster, and the
-# online fit replaces them within a few dozen steps. Targets are ratios of two predictions, so a
-# wrong scale alone does not mislead the composer.
-PRIOR = (0.030, 0.0017, 0.004, 0.000002)
+# seconds = fixed + prefill_token * P + decode_seq * D + prefill_chunk * C + decode_key * K
+#           + prefill_pair * Q.
+# A start only: fitted to the default 135M model's steps on a 2-core CPU (float32). A prefill chunk
+# pays its own gather, mask and attention call in every layer (~25 ms here); a decode reads its
+# batch's longest context (the decode gather is padded), so its keys are decodes x longest context;
+# a chunk after ``s`` cached tokens attends n x (s + n) query-key pairs (a 900-token prompt's last
+# chunk spends a third of its time there). A GPU is orders of magnitude faster, and the online fit
+# replaces these within a few dozen steps. Targets are ratios of two predictions, so a wrong scale
+# alone does not mislead the composer.
+PRIOR = (0.057, 0.0009, 0.0018, 0.025, 0.000013, 0.0000012)
 WINDOW = 256          # measured steps the fit remembers
 REFIT_EVERY = 8       # steps between fits
 # How strongly the prior's *proportions* hold each term, in steps' worth of evidence: enough to
 # keep terms the recent steps cannot separate (always the same mix) in the prior's proportion,
 # little against real data.
 PRIOR_STRENGTH = 2.0
+# How far a fitted term may stray from the prior's, scaled to this device's speed.
+BOUND = 10.0
 # After a step held short for a light tenant, later steps stay held this long: its next request
 # (the next turn of a chat) then starts in a short step, not behind a long one. A flood alone loses
 # at most this much time of full steps after the light user leaves.
 HOLD_SECONDS = 1.0
+# Without latency-sensitive work a step may run until its predicted tokens/s fall to this fraction
+# of a full-budget step's: a trade between a lone flood's throughput (it loses at most ~10%) and
+# what a newcomer waits for (the step in flight; on a 2-core CPU ~0.25 s instead of ~0.5 s).
+FLOOD_STEP_EFFICIENCY = 0.9
 
 
 @dataclass
@@ -63,16 +80,21 @@ class StepShape:
     """What a step carries: the cost model's features."""
     prefill_tokens: int = 0
     decode_seqs: int = 0
-    kv_tokens: int = 0        # keys and values the step's queries read (each sequence's context)
+    prefill_chunks: int = 0
+    decode_context: int = 0   # the longest context a decode reads: every decode's gather is padded to it
+    prefill_pairs: int = 0    # query-key pairs of the prefill chunks: n x (context + n) each
 
     def features(self) -> np.ndarray:
-        return np.array([1.0, self.prefill_tokens, self.decode_seqs, self.kv_tokens])
+        return np.array([1.0, self.prefill_tokens, self.decode_seqs, self.prefill_chunks,
+                         self.decode_seqs * self.decode_context, self.prefill_pairs])
 
     def plus(self, context: int, n: int) -> "StepShape":
         """This step with one more sequence feeding ``n`` tokens after ``context`` tokens."""
         if n == 1:
-            return StepShape(self.prefill_tokens, self.decode_seqs + 1, self.kv_tokens + context + 1)
-        return StepShape(self.prefill_tokens + n, self.decode_seqs, self.kv_tokens + context + n)
+            return StepShape(self.prefill_tokens, self.decode_seqs + 1, self.prefill_chunks,
+                             max(self.decode_context, context + 1), self.prefill_pairs)
+        return StepShape(self.prefill_tokens + n, self.decode_seqs, self.prefill_chunks + 1,
+                         self.decode_context, self.prefill_pairs + n * (context + n))
 
 
 class CostModel:
@@ -86,12 +108,15 @@ class CostModel:
         self.observed = 0
 
     def predict(self, shape: StepShape) -> float:
-        return self.predict_terms(shape.prefill_tokens, shape.decode_seqs, shape.kv_tokens)
-
-    def predict_terms(self, prefill_tokens: int, decode_seqs: int, kv_tokens: int) -> float:
         # Plain floats: this runs for every pending sequence each step, numpy's call overhead would dominate.
         c = self._c
-        return c[0] + c[1] * prefill_tokens + c[2] * decode_seqs + c[3] * kv_tokens
+        return (c[0] + c[1] * shape.prefill_tokens + c[2] * shape.decode_seqs + c[3] * shape.prefill_chunks
+                + c[4] * shape.decode_seqs * shape.decode_context + c[5] * shape.prefill_pairs)
+
+    @property
+    def fixed(self) -> float:
+        """What every step pays, whatever it carries."""
+        return self._c[0]
 
     def observe(self, shape: StepShape, seconds: float) -> None:
         self._x.append(shape.features())
@@ -122,7 +147,9 @@ class CostModel:
         scale = np.maximum(np.sqrt((xw ** 2).mean(axis=0)), 1e-12)
         reg = np.diag((PRIOR_STRENGTH * scale) ** 2)
         coef = np.linalg.solve(xw.T @ xw + reg, xw.T @ yw + reg @ prior)
-        self.coef = np.maximum(coef, prior * 0.01)
+        # Within a factor of BOUND of the scaled prior: steps slowed by other processes on a shared
+        # machine must not teach it that one term costs 100x (it would then never let that work in).
+        self.coef = np.clip(coef, prior / BOUND, prior * BOUND)
         self._c = tuple(float(v) for v in self.coef)
 
 
@@ -131,8 +158,9 @@ class StepPlan:
     """What the composer decided for one step (for metrics and tests)."""
     shape: StepShape
     predicted: float
-    target: float | None        # None: no latency-sensitive work, the whole budget was used
+    target: float | None        # None: no latency-sensitive work, only the flood cap applied
     sensitive_tenants: tuple[str, ...] = ()
+    cap: float | None = None    # the flood cap of a step without latency-sensitive work
 
 
 Admit = Callable[[Schedulable, int], bool]
@@ -140,6 +168,7 @@ Admit = Callable[[Schedulable, int], bool]
 
 class StepComposer:
     def __init__(self, cost: CostModel, *, factor: float = 2.0, target_ms: float = 0.0,
+                 efficiency: float = FLOOD_STEP_EFFICIENCY,
                  context_of: Callable[[Schedulable], int] = lambda s: 0,
                  clock: Callable[[], float] = time.monotonic):
         self.cost = cost
@@ -148,6 +177,7 @@ class StepComposer:
         self._hold_target = 0.0
         self.factor = factor
         self.target_ms = target_ms
+        self.efficiency = efficiency
         self.context_of = context_of       # tokens already in a sequence's context (its KV reads)
 
     @property
@@ -158,65 +188,98 @@ class StepComposer:
         """Steps are being held short for a light user (the loop then never waits to batch more)."""
         return self.clock() < self._hold_until
 
-    def sensitive(self, scheduler: FairScheduler, budget: int) -> set[str]:
-        """Tenants whose interactive demand is small beside their fair share of this step.
+    def target_for(self, alone: float) -> float:
+        """The step-time target of latency-sensitive work that would take ``alone`` seconds by itself."""
+        if self.target_ms > 0:
+            return max(self.target_ms / 1000.0, alone)
+        return alone * self.factor if self.factor > 0 else alone
 
-        Each tenant's demand is costed as if it had the step to itself (up to the budget). A tenant
-        is latency-sensitive when ``factor`` x that cost is under its weighted share of the sum:
-        only then can a step held to its target be shorter than the step it would otherwise ride
-        in. Tenants alike (four equal loads, two floods) are never sensitive, so their steps stay full.
+    def flood_cap(self, scheduler: FairScheduler, budget: int, max_seqs: int) -> float | None:
+        """The longest step without latency-sensitive work: None when the full step is shorter.
+
+        A step of predicted time ``t`` does ``t - fixed`` of work; its tokens/s against the step the
+        whole budget would make of the pending work (``t_full``) are about
+        ``(1 - fixed / t) / (1 - fixed / t_full)``. The cap is the ``t`` where that equals
+        ``efficiency``: ``fixed / (1 - efficiency * (1 - fixed / t_full))``, but never below twice
+        the target of a light user's lone decode step: a step that short is not worth cutting (a
+        decode flood's steps are left whole).
+        """
+        if not self.enabled or self.efficiency >= 1:
+            return None
+        full = StepShape()
+        left, seqs = budget, max_seqs
+        for q in scheduler.queues.values():
+            for req in q:
+                if left <= 0 or seqs <= 0:
+                    break
+                n = min(req.remaining, left)
+                left, seqs = left - n, seqs - 1
+                full = full.plus(self.context_of(req), n)
+        t_full = self.cost.predict(full)
+        fixed = self.cost.fixed
+        cap = max(fixed / (1 - self.efficiency * (1 - fixed / t_full)),
+                  2 * self.target_for(self.cost.predict(StepShape().plus(0, 1))))
+        return cap if cap < t_full else None
+
+    def sensitive(self, scheduler: FairScheduler, budget: int) -> set[str]:
+        """Tenants whose interactive demand is small beside the others' and their fair share of this step.
+
+        Each tenant's demand is costed as if it had the step to itself (up to the budget). A tenant is
+        latency-sensitive when that cost is under its weighted share of the sum and its target is
+        shorter than the step the largest other tenant makes alone: only then can a step held to its
+        target be shorter than the step it would otherwise ride in. Tenants alike (four equal loads,
+        two floods) are never sensitive, so their steps stay full.
         """
         if not self.enabled:
             return set()
         costs: dict[str, float] = {}
         for tenant, q in scheduler.queues.items():
-            prefill = decodes = kv = 0
+            shape = StepShape()
             left = budget
             for req in q:
                 if left <= 0:
                     break
                 n = min(req.remaining, left)
                 left -= n
-                kv += self.context_of(req) + n
-                if n == 1:
-                    decodes += 1
-                else:
-                    prefill += n
+                shape = shape.plus(self.context_of(req), n)
             if left < budget:
-                costs[tenant] = self.cost.predict_terms(prefill, decodes, kv)
+                costs[tenant] = self.cost.predict(shape)
         if len(costs) < 2:
             return set()
         weights = {t: scheduler.weights.get(t, 1.0) for t in costs}
         total, wsum = sum(costs.values()), sum(weights.values())
-        margin = max(self.factor, 1.0)
+        top = sorted(costs.values(), reverse=True)[:2]
         return {t for t, c in costs.items()
-                if c * margin < total * weights[t] / wsum
+                if c < total * weights[t] / wsum
+                and self.target_for(c) < (top[1] if c == top[0] else top[0])
                 and any(req.priority < BATCH for req in scheduler.queues[t])}
 
     def compose(self, scheduler: FairScheduler, budget: int, max_seqs: int,
                 admit: Admit) -> tuple[list[tuple[Schedulable, int]], StepPlan]:
         light = self.sensitive(scheduler, budget)
         now = self.clock()
-        if not light and now >= self._hold_until:
-            picked = scheduler.schedule(budget, max_seqs, admit)
-            shape = self._shape(picked)
-            return picked, StepPlan(shape, self.cost.predict(shape), None)
-
+        cap = None
         if light:
             # Pass 1: the latency-sensitive work, in the scheduler's order.
             def first(req: Schedulable, n: int) -> int:
                 return n if req.tenant in light and req.priority < BATCH and admit(req, n) else 0
             picked = scheduler.schedule(budget, max_seqs, first)
             shape = self._shape(picked)
-            alone = self.cost.predict(shape)
-            target = alone * self.factor if self.factor > 0 else alone
-            if self.target_ms > 0:
-                target = max(self.target_ms / 1000.0, alone)
+            # Never below what moves one piece of the others' work (a decode, a 2-token chunk): the
+            # rest wait within the target but are never starved by a light user who never leaves.
+            target = max(self.target_for(self.cost.predict(shape)), self._least_more(scheduler, shape, light))
             # A light user's next request usually follows soon (the next chat turn, the next cell):
             # steps stay short a moment longer, so it does not arrive in the middle of a long one.
             self._hold_until, self._hold_target = now + HOLD_SECONDS, target
-        else:
+        elif now < self._hold_until:
             picked, shape, target = [], StepShape(), self._hold_target
+        else:
+            cap = self.flood_cap(scheduler, budget, max_seqs)
+            if cap is None:
+                picked = scheduler.schedule(budget, max_seqs, admit)
+                shape = self._shape(picked)
+                return picked, StepPlan(shape, self.cost.predict(shape), None)
+            picked, shape, target = [], StepShape(), cap
 
         # Pass 2: everything else in fair order, only while the predicted step fits the target.
         state = {"shape": shape}
@@ -234,19 +297,38 @@ class StepComposer:
             more = scheduler.schedule(1, 1, admit)
         picked += more
         shape = self._shape(picked)
+        if cap is not None:
+            return picked, StepPlan(shape, self.cost.predict(shape), None, cap=cap)
         return picked, StepPlan(shape, self.cost.predict(shape), target, tuple(sorted(light)))
+
+    def _least_more(self, scheduler: FairScheduler, shape: StepShape, light: set[str]) -> float:
+        """The predicted time of ``shape`` plus the cheapest first piece of another tenant's work."""
+        least = 0.0
+        for tenant, q in scheduler.queues.items():
+            for req in q:
+                if tenant not in light or req.priority >= BATCH:
+                    t = self.cost.predict(shape.plus(self.context_of(req), min(req.remaining, 2)))
+                    least = t if not least else min(least, t)
+                break
+        return least
 
     def _fit(self, shape: StepShape, context: int, n: int, target: float) -> int:
         """How many of ``n`` tokens fit in a step of ``shape`` without passing ``target``."""
-        if self.cost.predict(shape.plus(context, 1 if n == 1 else min(n, 2))) > target:
+        predict = self.cost.predict
+        if predict(shape.plus(context, 1 if n == 1 else min(n, 2))) > target:
             return 0
-        if n == 1 or self.cost.predict(shape.plus(context, n)) <= target:
+        if n == 1 or predict(shape.plus(context, n)) <= target:
             return n
-        # Prefill chunk: the cost is linear in its length, so solve for the largest that fits.
-        _, per_prefill, _, per_kv = self.cost.coef
-        room = target - self.cost.predict(shape) - per_kv * context
-        k = int(room // (per_prefill + per_kv)) if per_prefill + per_kv > 0 else n
-        return max(2, min(n, k)) if k >= 2 else 0
+        # Prefill chunk: its cost grows with its length (linearly, plus its query-key pairs), so the
+        # largest that fits is found by bisection between 2 (fits) and n (does not).
+        lo, hi = 2, n
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if predict(shape.plus(context, mid)) <= target:
+                lo = mid
+            else:
+                hi = mid
+        return lo
 
     def _shape(self, picked: list[tuple[Schedulable, int]]) -> StepShape:
         shape = StepShape()
