@@ -95,9 +95,10 @@ class EngineConfig(Configurable):
         of a tenant whose demand is under its fair share of the step, e.g. one user's chat beside another's
         flood), keep the step's predicted time within this multiple of the time that work would take alone;
         the rest of the step is filled in fair order only while it fits (prefill chunks are cut, decodes
-        wait a step). Steps without such work fill the whole token budget. Step times are predicted by a
-        cost model fitted online to this device's measured steps. 0 turns it off (every step fills the
-        token budget, as before). Otherwise at least 1.""",
+        wait a step). Steps without such work fill the token budget up to the flood cap (the shortest step
+        whose predicted tokens/s are 90% of a full step's, so a newcomer waits less for the step in flight).
+        Step times are predicted by a cost model fitted online to this device's measured steps. 0 turns it
+        off (every step fills the token budget, as before). Otherwise at least 1.""",
     ).tag(config=True)
 
     latency_target_ms = Float(
