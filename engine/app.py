@@ -270,6 +270,13 @@ class PotluckEngine(PotluckApp, EngineConfig):
         False, help="Write a commented config file to config_file and exit.",
     ).tag(config=True)
 
+    exit_with_hub = Bool(
+        False, help="""Stop when the process that started this engine is gone. potluck.hub_config sets it
+        for the engines a Hub starts (managed services): a Hub that was killed would otherwise leave its
+        engine holding the port the restarted Hub's engine needs. Off for engines started by systemd,
+        Kubernetes or by hand.""",
+    ).tag(config=True)
+
     serve_errors = Bool(
         help="""When the engine cannot start (a missing model, a setting that cannot be read), keep
         listening and answer every request with a 503 that says why (/api/status: "model_error"),

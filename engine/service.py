@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import re
 import secrets
 import signal
@@ -231,9 +232,12 @@ async def serve(settings: PotluckEngine) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     watchdog = asyncio.ensure_future(watch_batch_loop(engine, stop))
+    orphan = asyncio.ensure_future(watch_hub(stop)) if settings.exit_with_hub else None
     await stop.wait()
     died = watchdog.done() and watchdog.result()
     watchdog.cancel()
+    if orphan is not None:
+        orphan.cancel()
 
     log.info("shutting down")
     await shutdown(service, server)
@@ -259,6 +263,21 @@ async def watch_batch_loop(engine: Engine, stop: asyncio.Event, interval: float 
             stop.set()
             return True
     return False
+
+
+async def watch_hub(stop: asyncio.Event, interval: float = 2.0) -> None:
+    """A managed engine stops when the Hub that started it is gone (killed, not stopped: a Hub that
+    stops stops its services). Left running, it would hold the port, so the restarted Hub's new
+    engine could not listen and the Hub would restart that one again and again, while this one
+    served with the old Hub's token and settings."""
+    hub = os.getppid()
+    while not stop.is_set():
+        await asyncio.sleep(interval)
+        if os.getppid() != hub:
+            log.warning("the JupyterHub that started this engine (pid %d) is gone: stopping "
+                        "(a restarted Hub starts a fresh engine)", hub)
+            stop.set()
+            return
 
 
 def one_line(e: BaseException) -> str:
@@ -300,7 +319,10 @@ async def serve_failure(settings: PotluckEngine, reason: str) -> int:
     loop, stop = asyncio.get_running_loop(), asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    orphan = asyncio.ensure_future(watch_hub(stop)) if settings.exit_with_hub else None
     await stop.wait()
+    if orphan is not None:
+        orphan.cancel()
     server.stop()
     return 1
 

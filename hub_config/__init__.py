@@ -201,7 +201,8 @@ def _managed_command(args: list[str], data_dir: str | None, model: str | None) -
         args.append(f"--data-dir={data_dir}")
     if model:
         args.append(f"--model={model}")
-    return [sys.executable, "-m", "potluck.engine.app", "engine", *args]
+    # A managed engine stops if the Hub is killed (else it holds the port the restarted Hub needs).
+    return [sys.executable, "-m", "potluck.engine.app", "engine", "--PotluckEngine.exit_with_hub=True", *args]
 
 
 def _bind_url(url: str, what: str) -> str:
