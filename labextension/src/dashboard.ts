@@ -1,7 +1,8 @@
 /**
  * The admin dashboard: every tenant and Hub group with quota, where it comes from and usage;
  * usage over time per user and per group (SVG line charts); each tenant's latency; per-user
- * quota overrides (edit, reset); everyone's runs with cancel.
+ * quota overrides (edit, reset); everyone's runs with cancel; every engine of the hub, all pools
+ * (`enginesection.ts`).
  *
  * Plain DOM in `node`, no JupyterLab imports: the lab shows it in a main-area widget (through
  * the server extension's proxy), and the engine serves it at its own base URL for hub admins in
@@ -13,6 +14,8 @@
 
 import { chartFigure, drawChart } from './chart';
 import { el, section, setText, syncRows, table, td } from './dom';
+import { enginePageHref, IHubEngines, parseEngines } from './engines';
+import { EnginesSection } from './enginesection';
 import { canEditGroup } from './groupquota';
 import {
   historyPath,
@@ -74,6 +77,8 @@ export interface IDashboardOptions {
   enginePageUrl?: string | null;
   /** Group edits through the Hub (the engine's page under a Hub); none: groups are read-only here. */
   hubGroups?: IHubGroups | null;
+  /** The Hub's `/services/` folder, under a Hub: each engine's name links to its own page there. */
+  servicesUrl?: string | null;
 }
 
 export class Dashboard {
@@ -116,6 +121,9 @@ export class Dashboard {
     this._notice.setAttribute('role', 'status');
     this._notice.hidden = true;
     node.appendChild(this._notice);
+
+    this._engines = new EnginesSection(options.servicesUrl || null);
+    node.appendChild(this._engines.node);
 
     const charts = section('jp-PotluckDash-charts', 'Usage over time');
     const row = el('div', 'jp-PotluckDash-chartRow');
@@ -179,12 +187,24 @@ export class Dashboard {
     // The history again only when the range changed or it is due (long ranges are big answers).
     const due = !this._history || this._historyRange !== range ||
       Date.now() - this._historyAt >= historyRefreshMs(range);
-    const [status, report, runs, history] = await Promise.all([
+    // An engine older than the hub's list answers 404: no section, no error.
+    const engines = req.request('admin/engines').then(parseEngines, (e): IHubEngines | null | undefined => {
+      if (e instanceof PotluckError && e.status === 404) {
+        return null;
+      }
+      errors.push(failureText(e));
+      return undefined;
+    });
+    const [status, report, runs, history, hub] = await Promise.all([
       get('status', parseStatus),
       get('admin/tenants', b => ({ tenants: parseTenants(b), warnings: parseWarnings(b) })),
       get('admin/runs', parseRuns),
-      due ? get(historyPath(range, Date.now()), b => parseUsageHistory(b)) : Promise.resolve(null)
+      due ? get(historyPath(range, Date.now()), b => parseUsageHistory(b)) : Promise.resolve(null),
+      engines
     ]);
+    if (hub !== undefined) {
+      this._renderEngines(hub);
+    }
     if (status) {
       this._runStates = status.runStates;
       setText(this._engine, `${status.model} on ${status.deviceName} · queue ${status.queueDepth} · ` +
@@ -214,6 +234,16 @@ export class Dashboard {
 
   dispose(): void {
     this.node.remove();
+  }
+
+  /** The hub's engines; under a Hub, this engine's own page is the one named there (pools: not `potluck`). */
+  private _renderEngines(hub: IHubEngines | null): void {
+    this._engines.update(hub);
+    const page = hub && hub.thisEngine ? enginePageHref(this.options.servicesUrl, hub.thisEngine) : null;
+    if (page && page !== this._enginePageUrl) {
+      this._enginePageUrl = page;
+      this._renderGroupNote();
+    }
   }
 
   // ------------------------------------------------------------ charts
@@ -389,14 +419,14 @@ export class Dashboard {
         'their next request (the engine rereads a group within about 20 s). '
       : "Group quotas are each Hub group's potluck property: read-only here. Edit them in the Hub's admin page " +
         '(Admin → Groups → the group → properties, one flat key per field: potluck.tokens_per_minute = 5000)' +
-        (this.options.enginePageUrl ? ' or on the engine\'s dashboard page' : '') + '. ');
+        (this._enginePageUrl ? ' or on the engine\'s dashboard page' : '') + '. ');
     note.append('Members are the users the engine has seen since it started.');
     const links: [string, string][] = [];
     if (this.options.hubAdminUrl) {
       links.push(['Open the Hub admin page', this.options.hubAdminUrl]);
     }
-    if (this.options.enginePageUrl && !editable) {
-      links.push(["Open the engine's dashboard page", this.options.enginePageUrl]);
+    if (this._enginePageUrl && !editable) {
+      links.push(["Open the engine's dashboard page", this._enginePageUrl]);
     }
     for (const [text, href] of links) {
       const a = el('a', 'jp-PotluckDash-hubLink', text);
@@ -499,6 +529,8 @@ export class Dashboard {
   }
 
   private _engine: HTMLElement;
+  private _engines: EnginesSection;
+  private _enginePageUrl: string | null = this.options.enginePageUrl || null;
   private _range: HTMLSelectElement;
   private _metric: HTMLSelectElement;
   private _updated: HTMLElement;

@@ -13,14 +13,15 @@ import { IRequester } from './model';
 export const DASHBOARD_INTERVAL = 5000;
 
 export class DashboardWidget extends Widget {
-  constructor(requester: IRequester, hubAdminUrl: string | null, enginePageUrl: string | null) {
+  constructor(requester: IRequester, hubAdminUrl: string | null, enginePageUrl: string | null,
+    servicesUrl: string | null = null) {
     super();
     this.id = 'potluck-dashboard';
     this.addClass('jp-PotluckDashWidget');
     this.title.label = 'Potluck dashboard';
-    this.title.caption = 'Potluck admin dashboard: every user and group, usage over time, quotas, runs';
+    this.title.caption = 'Potluck admin dashboard: every user and group, usage over time, quotas, runs, the hub\'s engines';
     this.title.closable = true;
-    this.dashboard = new Dashboard({ requester, hubAdminUrl, enginePageUrl });
+    this.dashboard = new Dashboard({ requester, hubAdminUrl, enginePageUrl, servicesUrl });
     this.node.appendChild(this.dashboard.node);
     this._poll = new Poll({
       factory: () => this.dashboard.refresh(),

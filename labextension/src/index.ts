@@ -41,14 +41,23 @@ function hubAdminUrl(): string | null {
   return prefix ? URLExt.join(PageConfig.getOption('hubHost') || '', prefix, 'admin') : null;
 }
 
-/** The engine's own dashboard page (`/services/potluck/` beside `/hub/`), when under a Hub. */
-function enginePageUrl(): string | null {
+/** The Hub's services (`/services/` beside `/hub/`), when under a Hub: each engine's page is there. */
+function servicesUrl(): string | null {
   const prefix = PageConfig.getOption('hubPrefix');
   if (!prefix) {
     return null;
   }
   const base = prefix.replace(/hub\/?$/, '');
-  return URLExt.join(PageConfig.getOption('hubHost') || '', base, 'services', 'potluck') + '/';
+  return URLExt.join(PageConfig.getOption('hubHost') || '', base, 'services') + '/';
+}
+
+/**
+ * The engine's own dashboard page, when under a Hub: `services/potluck/` until the dashboard has
+ * read which engine it talks to (with pools, e.g. `services/potluck-cpu-0/`).
+ */
+function enginePageUrl(): string | null {
+  const services = servicesUrl();
+  return services ? `${services}potluck/` : null;
 }
 
 const plugin: JupyterFrontEndPlugin<void> = {
@@ -93,7 +102,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       isEnabled: isAdmin,
       execute: () => {
         if (!dashboard || dashboard.isDisposed) {
-          dashboard = new DashboardWidget(state.api, hubAdminUrl(), enginePageUrl());
+          dashboard = new DashboardWidget(state.api, hubAdminUrl(), enginePageUrl(), servicesUrl());
           dashboard.title.icon = potluckIcon;
           app.shell.add(dashboard, 'main');
         }

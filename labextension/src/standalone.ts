@@ -13,6 +13,7 @@
 import { Dashboard, IHubGroups } from './dashboard';
 import { el } from './dom';
 import { propertiesWithQuota } from './groupquota';
+import { servicesUrlOf } from './engines';
 import { errorMessage, IRequester, oneLine, PotluckError, QuotaValue } from './model';
 
 const REFRESH_MS = 5000;
@@ -111,7 +112,9 @@ function start(root: HTMLElement, cfg: IPageConfig, token: string): void {
   const dashboard = new Dashboard({
     requester: new EngineRequester(`${cfg.base_url}api/`, token),
     hubAdminUrl: cfg.hub_admin_url,
-    hubGroups
+    hubGroups,
+    // Under a Hub this page is a service (`/services/NAME/`): the hub's other engines are its siblings.
+    servicesUrl: cfg.hub_api_url ? servicesUrlOf(cfg.base_url) : null
   });
   root.textContent = '';
   root.appendChild(dashboard.node);
