@@ -1,6 +1,7 @@
 // Drives the engine's dashboard page under a real JupyterHub in headless Chromium (Debian's), for
 // tests/hub/test_hub_dashboard.py: log in on the Hub's page, open /services/potluck/ (authorizing
-// the service if the Hub asks), edit a group's quota there, and report what the page showed.
+// the service if the Hub asks), read its Engines section, edit a group's quota there, and report
+// what the page showed.
 //
 //   node hub_dashboard_driver.mjs   with HUB_DASHBOARD_CONFIG='{"...": ...}' in the environment
 // Config: playwright (path of playwright-core), chromium (executable), artifacts (dir), hub_url,
@@ -46,6 +47,14 @@ async function main() {
     observed.url = page.url();
     const dash = page.locator('.jp-PotluckDash');
     await dash.waitFor({ state: 'visible', timeout: T });
+
+    step = 'read the Engines section';
+    const engineRows = dash.locator('.jp-PotluckDash-engines tr[data-engine]');
+    await engineRows.first().waitFor({ state: 'visible', timeout: T });
+    observed.engines = await engineRows.evaluateAll((rows) => rows.map((r) => ({
+      name: r.dataset.engine, this: r.dataset.this, state: r.dataset.state, pool: r.cells[1].innerText.trim(),
+      href: r.querySelector('a.jp-PotluckDash-engineLink')?.getAttribute('href') || null, text: r.innerText.trim(),
+    })));
 
     step = `edit the quota of group ${cfg.group}`;
     const row = dash.locator(`.jp-PotluckDash-groups tr[data-group="${cfg.group}"]`);

@@ -5,9 +5,10 @@ A real Hub with the example config starts the engine as its managed service. A b
 ``/services/potluck/``, goes through the Hub's OAuth (authorizing the service on first use) and
 lands on the page: a hub admin gets the dashboard, whose embedded token reads the usage history
 with the admin's rights (a user's tokens and group per minute, the group's quota from the Hub);
-a user who is not an engine admin gets a one-line 403 and no token. In real Chromium, a hub admin
-edits a group's quota on the page: the Hub's group properties change (other properties kept) and
-the engine applies the new quota to the group's members.
+a user who is not an engine admin gets a one-line 403 and no token. In real Chromium, the page's
+Engines section lists the hub's one (unpooled) engine as this engine, alive, linked to its own
+page; and a hub admin edits a group's quota on the page: the Hub's group properties change (other
+properties kept) and the engine applies the new quota to the group's members.
 
 The service's OAuth client may give its tokens ``groups``, ``read:groups`` and
 ``custom:potluck:admin`` (``potluck.hub_config.configure`` sets it): a token
@@ -135,7 +136,7 @@ def test_an_engine_admin_by_scope_gets_the_page_too(hub):
 
 @pytest.mark.skipif(not (os.access(CHROMIUM, os.X_OK) and PLAYWRIGHT.is_dir() and NODE),
                     reason="needs chromium, playwright-core and node: run `make venv`")
-def test_a_hub_admin_edits_a_group_quota_on_the_page_with_their_own_rights(hub):
+def test_a_hub_admin_sees_the_engines_and_edits_a_group_quota_on_the_page(hub):
     group, value = "researchers", 54321
     alice = requests.Session()
     alice.headers["Authorization"] = f"token {hub.user_token('alice')}"
@@ -151,6 +152,10 @@ def test_a_hub_admin_edits_a_group_quota_on_the_page_with_their_own_rights(hub):
     lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
     result = lines[-1] if lines else {"result": "none", "stderr": done.stderr[-3000:]}
     assert result["result"] == "ok", result
+    # The Engines section: the example's one engine, not pooled, is the one the page talks to.
+    assert [(e["name"], e["this"], e["state"], e["pool"]) for e in result["engines"]] == \
+        [("potluck", "true", "alive", "not pooled")], result["engines"]
+    assert result["engines"][0]["href"] == "/services/potluck/" and "(this engine)" in result["engines"][0]["text"]
     assert result["form_value_before"] == "100000", result          # the group's quota as the engine read it
     assert f"Saved the quota of group {group}" in result["notice"] and not result["errors"], result
     # The Hub holds the edit as the admin page's flat key; the admin's other property is kept.
