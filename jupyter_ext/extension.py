@@ -97,7 +97,7 @@ class PotluckExtension(LoggingConfigurable):
             pools = PoolMap.from_env()
             if pools is not None and not self.engine_url:
                 self._router = EngineRouter(pools, os.environ.get("JUPYTERHUB_USER", ""), self._probe,
-                                            notice=self._moved, wait=self.request_timeout / 4)
+                                            notice=self._moved, wait=10.0)
             self._route_lock = threading.Lock()
         return self._router
 
