@@ -98,6 +98,8 @@ class Engine:
     def running(self) -> bool:
         return self.loop.running
 
+    # This engine's name among the hub's engines (what its run history records, placement ranks).
+    name = property(lambda self: self.config.engine_name)
     # What the runtime decided at start, for callers that need it.
     device = property(lambda self: self.rt.device)
     profile = property(lambda self: self.rt.profile)

@@ -22,9 +22,12 @@ tenant as long as their events together hold at most the owner's
 ``run_history_bytes`` (older ones leave memory first); every run is also
 written to the store's run history when it is created and at each change of
 state (at most ``keep_records`` per tenant), so past runs can be listed after
-they left memory or after a restart. At start the manager marks runs the store
-still has as queued or running as ``failed``: the engine that ran them stopped
-(a crash or SIGKILL; a clean stop cancels every run first).
+they left memory or after a restart. Each record names this engine
+(``engine_name``): engines of a hub share one run history, and at start the
+manager marks as ``failed`` only this engine's runs the store still has as
+queued or running (and unnamed ones, from before engines were recorded): this
+engine stopped while running them (a crash or SIGKILL; a clean stop cancels
+every run first), while runs of the hub's other engines may still be live.
 
 The manager counts each tenant's live runs itself, under its own lock, and
 reports the count (and each run's fuel) to the engine through its port
@@ -62,8 +65,9 @@ class RunManager:
     """Starts, finds, lists and cancels runs, per tenant. Thread-safe."""
 
     def __init__(self, engine, store=None, *, sandbox=None, max_threads: int = 256, keep_finished: int = 20,
-                 history_limit: int = 100, keep_records: int = 1000):
+                 history_limit: int = 100, keep_records: int = 1000, engine_name: str | None = None):
         from .wasm import Sandbox
+        self.engine_name = engine_name if engine_name is not None else engine.name
         self.port = EnginePort(engine, store)
         self.store = store
         self.sandbox = sandbox or Sandbox()
@@ -82,9 +86,11 @@ class RunManager:
         if store is not None:
             stamp = datetime.fromtimestamp(self.restarted, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
             self.cut_off = store.fail_unfinished_runs(
-                f"the engine stopped while this run was running (restarted at {stamp})")
+                f"the engine stopped while this run was running (restarted at {stamp})",
+                engine=self.engine_name)
             if self.cut_off:
-                log.warning("%d runs were cut off when the engine last stopped; marked failed", self.cut_off)
+                log.warning("%d runs were cut off when engine %s last stopped; marked failed", self.cut_off,
+                            self.engine_name)
 
     # ---------------------------------------------------------------- API
     def start(self, tenant: str, source: str | bytes, args: dict | None = None) -> Run:
@@ -196,7 +202,7 @@ class RunManager:
     # ------------------------------------------- what a Run asks (run.RunSite)
     def save_record(self, record: dict) -> None:
         if self.store is not None:
-            self.store.save_run(record)
+            self.store.save_run(record, engine=self.engine_name)
 
     def unqueue(self, run: Run) -> bool:
         with self._lock:

@@ -4,6 +4,11 @@ A run is written when it is created and at each change of state, so a run cut of
 is found again at the next start (still in one of ``protocol.LIVE_STATES``) and marked failed.
 Rows go in and come out in the shape of ``Run.to_json``.
 
+Every engine of a hub shares this history, so each row records the engine that runs it
+(``save_run(engine=)``): an engine that starts fails only its own unfinished runs (and rows from
+before engines were recorded), never runs still live on another engine; an engine seen gone by the
+others has its unfinished runs failed by name (``fail_engine_runs``).
+
 A tenant's history is bounded (``prune_runs``, called as runs end), so starting runs without end
 cannot grow the database without end. What it must never do: keep a run's source or output, or
 return another tenant's run to a tenant (only ``list_runs(tenant=None)``, for admins, spans tenants).
@@ -14,7 +19,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from ..protocol import FAILED, LIVE_STATES
@@ -23,8 +28,9 @@ from .tables import RunRecord, iso, utcnow
 
 
 class RunHistory(Database):
-    def save_run(self, run: dict[str, Any]) -> None:
-        """Insert or update a run from its JSON (``Run.to_json``: id, owner, state, times as ISO)."""
+    def save_run(self, run: dict[str, Any], engine: str | None = None) -> None:
+        """Insert or update a run from its JSON (``Run.to_json``: id, owner, state, times as ISO),
+        run by the engine named ``engine`` (None: unnamed, as before engines were recorded)."""
         values = {
             "tenant": run["owner"], "state": run["state"], "kind": run.get("kind") or "python",
             "created_at": _parse_iso(run.get("created")) or utcnow(),
@@ -33,6 +39,8 @@ class RunHistory(Database):
             "error": (run.get("error") or None) and str(run["error"]).replace("\x00", "\\x00")[:2048],
             "usage": dict(run.get("usage") or {}), "events": int(run.get("events") or 0),
         }
+        if engine is not None:
+            values["engine"] = engine
 
         def work(s: Session) -> None:
             row = s.get(RunRecord, run["id"])
@@ -68,15 +76,27 @@ class RunHistory(Database):
             return s.execute(delete(RunRecord).where(RunRecord.tenant == tenant, RunRecord.created_at <= cut,
                                                      RunRecord.state.not_in(LIVE_STATES))).rowcount
 
-    def fail_unfinished_runs(self, error: str) -> int:
-        """Mark every run still queued or running as failed with ``error`` (at engine start)."""
+    def fail_unfinished_runs(self, error: str, engine: str | None = None) -> int:
+        """Mark runs still queued or running as failed with ``error`` (at engine start): those of the
+        engine named ``engine`` and those with no engine recorded; every one when ``engine`` is None."""
+        return self._fail_live(error, None if engine is None else
+                               or_(RunRecord.engine == engine, RunRecord.engine.is_(None)))
+
+    def fail_engine_runs(self, engine: str, error: str) -> int:
+        """Mark the runs still queued or running on the engine named ``engine`` as failed with ``error``
+        (another engine saw it stop or go stale: nothing will finish them)."""
+        return self._fail_live(error, RunRecord.engine == engine)
+
+    def _fail_live(self, error: str, where) -> int:
         now = utcnow()
+        q = select(RunRecord).where(RunRecord.state.in_(LIVE_STATES))
+        if where is not None:
+            q = q.where(where)
         with self._session.begin() as s:
-            rows = list(s.scalars(select(RunRecord).where(RunRecord.state.in_(LIVE_STATES))))
+            rows = list(s.scalars(q))
             for row in rows:
                 row.state, row.error, row.finished_at = FAILED, error[:2048], now
             return len(rows)
-
 
 def _parse_iso(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None

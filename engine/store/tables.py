@@ -142,6 +142,9 @@ class RunRecord(Base):
     error: Mapped[str | None] = mapped_column(String(2048), nullable=True)
     usage: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     events: Mapped[int] = mapped_column(Integer, default=0)
+    # The engine of the hub that ran it (``EngineConfig.engine_name``); NULL: written before engines
+    # recorded it (revision 0003).
+    engine: Mapped[str | None] = mapped_column(String(NAME_CHARS), nullable=True, index=True)
 
 
 class GroupQuotaRow(Base):

@@ -219,6 +219,27 @@ def test_runs_are_listed_found_and_cancelled_per_tenant(runs):
     assert run.to_json()["state"] == "cancelled"
 
 
+def test_another_engine_starting_on_the_shared_history_leaves_this_engines_live_runs_alone(runs, store,
+                                                                                           real_engine):
+    from potluck.engine.sandbox import RunManager
+    run = runs.start("nina", "from potluck_inferlet import receive\nreceive()\n")
+    try:
+        assert store.get_run("nina", run.id)["state"] in ("queued", "running")
+        # A second engine of the hub starts on the same database: this engine's run is not its to fail.
+        other = RunManager(real_engine, store, sandbox=runs.sandbox, engine_name=f"{real_engine.name}-other")
+        other.shutdown()
+        assert store.get_run("nina", run.id)["state"] in ("queued", "running")
+        # This engine starting again (it crashed while the run ran): the run is cut off.
+        again = RunManager(real_engine, store, sandbox=runs.sandbox)
+        again.shutdown()
+        cut = store.get_run("nina", run.id)
+        assert cut["state"] == "failed"
+        assert cut["error"].startswith("the engine stopped while this run was running")
+    finally:
+        run.cancel()
+        run.wait(30)
+
+
 def test_cancel_stops_a_busy_loop_within_a_tick(runs):
     run = runs.start("lee", "while True:\n    pass\n")
     time.sleep(0.5)

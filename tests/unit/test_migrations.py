@@ -93,3 +93,30 @@ def test_a_new_database_is_created_whole_at_the_newest_revision(db_url):
             assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
     finally:
         store.close()
+
+
+def test_a_database_at_revision_0002_gets_the_runs_engine_column_and_keeps_its_runs(db_url):
+    # The release with pools (0002) had no engine on runs; its unfinished runs are nobody's in particular.
+    make_first_release_database(db_url)
+    engine = create_engine(db_url)
+    with Session(engine) as s, s.begin():
+        s.add(old.RunRecord(id="r2", tenant="bob", state="running", kind="python", created_at=T0, events=0))
+        s.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"))
+        s.execute(text("INSERT INTO alembic_version (version_num) VALUES ('0002')"))
+    engine.dispose()
+    store = Store(db_url)
+    try:
+        runs = inspect(store._engine)
+        assert "engine" in {c["name"] for c in runs.get_columns("runs")}
+        assert "ix_runs_engine" in {i["name"] for i in runs.get_indexes("runs")}
+        with store._engine.connect() as conn:
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() >= "0003"
+        assert store.get_run("alice", "r1")["state"] == "finished"
+        store.save_run({"id": "r3", "owner": "bob", "state": "running", "created": T0.isoformat()},
+                       engine="potluck-cpu-1")
+        # The old unnamed run is failed by the next engine to start; another engine's live run is not.
+        assert store.fail_unfinished_runs("restarted", engine="potluck-cpu-0") == 1
+        assert store.get_run("bob", "r2")["state"] == "failed"
+        assert store.get_run("bob", "r3")["state"] == "running"
+    finally:
+        store.close()

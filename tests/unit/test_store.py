@@ -421,6 +421,38 @@ def test_runs_left_live_are_marked_failed_at_the_next_start(store, db_url):
         store.close()
 
 
+def test_an_engine_starting_fails_only_its_own_unfinished_runs_and_unnamed_old_ones(store):
+    # Two engines of one hub share the history: A restarting must not fail B's live runs.
+    store.save_run(_run("a1", "alice", "running"), engine="engine-a")
+    store.save_run(_run("b1", "bob", "running"), engine="engine-b")
+    store.save_run(_run("b2", "bob", "queued"), engine="engine-b")
+    store.save_run(_run("old", "carol", "running"))            # written before engines were recorded
+    assert store.fail_unfinished_runs("engine-a restarted", engine="engine-a") == 2
+    states = {r["id"]: r["state"] for r in store.list_runs(None)}
+    assert states == {"a1": "failed", "old": "failed", "b1": "running", "b2": "queued"}
+    assert store.get_run("alice", "a1")["error"] == "engine-a restarted"
+
+
+def test_runs_of_an_engine_seen_gone_are_failed_by_its_name(store):
+    store.save_run(_run("b1", "bob", "running"), engine="engine-b")
+    store.save_run(_run("b2", "bob", "finished"), engine="engine-b")
+    store.save_run(_run("a1", "alice", "running"), engine="engine-a")
+    store.save_run(_run("old", "carol", "running"))
+    assert store.fail_engine_runs("engine-b", "engine engine-b stopped") == 1
+    assert store.get_run("bob", "b1")["state"] == "failed"
+    assert store.get_run("bob", "b1")["error"] == "engine engine-b stopped"
+    assert store.get_run("bob", "b2")["state"] == "finished"
+    assert store.get_run("alice", "a1")["state"] == "running"
+    assert store.get_run("carol", "old")["state"] == "running"   # nobody knows whose: its engine's next start
+
+
+def test_a_run_keeps_its_engine_when_saved_again_without_one(store):
+    store.save_run(_run("b1", "bob", "queued"), engine="engine-b")
+    store.save_run(_run("b1", "bob", "running"))
+    assert store.fail_unfinished_runs("x", engine="engine-a") == 0
+    assert store.fail_engine_runs("engine-b", "engine engine-b stopped") == 1
+
+
 def test_key_value_puts_are_held_to_a_byte_limit_keys_included(store):
     from potluck.engine.errors import QuotaExceeded
     store.kv_put("alice", "a", b"x" * 60, limit=100)
