@@ -124,6 +124,22 @@ class PoolMap:
         return [e for p in order for e in self.ranked(tenant, p)]
 
 
+def http_probe(session):
+    """``EngineRouter``'s ``get`` over a ``requests.Session`` that carries the caller's token."""
+    import requests
+
+    def get(url: str, timeout: float) -> tuple[int, dict | None]:
+        try:
+            r = session.get(url, timeout=timeout)
+        except requests.RequestException as e:
+            raise OSError(str(e)) from None
+        try:
+            return r.status_code, r.json()
+        except ValueError:
+            return r.status_code, None
+    return get
+
+
 class NoEngine(RuntimeError):
     """No engine of the tenant's pool answers (the message says which were tried)."""
 

@@ -28,7 +28,7 @@ from urllib.parse import urlparse
 from traitlets import Bool, Float, Unicode
 from traitlets.config import LoggingConfigurable
 
-from potluck.engine.pools import EngineRouter, NoEngine, PoolMap
+from potluck.engine.pools import EngineRouter, NoEngine, PoolMap, http_probe
 from potluck.engine.protocol import SERVICE_NAME
 
 STANDALONE_URL = "http://127.0.0.1:8765/"
@@ -96,22 +96,14 @@ class PotluckExtension(LoggingConfigurable):
             self.notice = ""
             pools = PoolMap.from_env()
             if pools is not None and not self.engine_url:
-                self._router = EngineRouter(pools, os.environ.get("JUPYTERHUB_USER", ""), self._probe,
+                import requests
+                session = requests.Session()
+                if self.find_token():
+                    session.headers["Authorization"] = f"token {self.find_token()}"
+                self._router = EngineRouter(pools, os.environ.get("JUPYTERHUB_USER", ""), http_probe(session),
                                             notice=self._moved, wait=10.0)
             self._route_lock = threading.Lock()
         return self._router
-
-    def _probe(self, url: str, timeout: float) -> tuple[int, dict | None]:
-        import requests
-        token = self.find_token()
-        try:
-            r = requests.get(url, headers={"Authorization": f"token {token}"} if token else {}, timeout=timeout)
-        except requests.RequestException as e:
-            raise OSError(str(e)) from None
-        try:
-            return r.status_code, r.json()
-        except ValueError:
-            return r.status_code, None
 
     def _moved(self, line: str) -> None:
         self.notice = line

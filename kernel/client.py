@@ -39,7 +39,7 @@ from urllib.parse import quote, urlparse
 
 import requests
 
-from potluck.engine.pools import MISDIRECTED, WRONG_ENGINE, EngineRouter, NoEngine, PoolMap
+from potluck.engine.pools import MISDIRECTED, WRONG_ENGINE, EngineRouter, NoEngine, PoolMap, http_probe
 from potluck.engine.protocol import CANCELLED, DONE_STATES, FAILED, FINISHED, QUEUED
 
 from .errors import Interrupted, PotluckError, connected_then_dropped, error_from
@@ -179,7 +179,7 @@ class Client:
         pools = None if url else PoolMap.from_env()
         self.router = None
         if pools is not None:
-            self.router = EngineRouter(pools, os.environ.get("JUPYTERHUB_USER", ""), self._probe,
+            self.router = EngineRouter(pools, os.environ.get("JUPYTERHUB_USER", ""), http_probe(self.session),
                                        notice=lambda line: print(line, file=sys.stderr, flush=True))
             self.router.engine = pools.engine_at(self.url)
 
@@ -217,16 +217,6 @@ class Client:
                     continue
                 raise err
             return r
-
-    def _probe(self, url: str, timeout: float) -> tuple[int, dict | None]:
-        try:
-            r = self.session.get(url, timeout=timeout)
-        except requests.RequestException as e:
-            raise OSError(str(e)) from None
-        try:
-            return r.status_code, r.json()
-        except ValueError:
-            return r.status_code, None
 
     def _reroute(self, engine: str | None = None) -> bool:
         """Several engines: move to the one that serves this user now (``engine`` if a 421 named it).
