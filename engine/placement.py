@@ -21,6 +21,10 @@ Clocks: liveness is judged by the database's clock (``store/engines.py``). Token
 seeded from the ledger's minute buckets, stamped by each engine's own clock: engines are assumed
 to keep time within a second or two (NTP), which a 60-second window tolerates.
 
+Run history: when an engine leaves the view (stopped, or stale), its unfinished runs in the shared
+history are failed by name ("engine X stopped"), since nothing will finish them; at start, those of
+every engine already gone. A stale engine that was only slow writes its runs' next state over that.
+
 Known gaps (documented in docs/configuration.md): for up to one heartbeat after an engine joins
 a pool, the engine that served a tenant until then may still admit it; tokens of generations cut
 off by a clean stop reach the ledger after the engine is marked stopped.
@@ -88,6 +92,7 @@ class Placement:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error: str | None = None
+        self._seen_live: set[str] | None = None     # every pool's live engines at the last beat (None: none yet)
 
     # ------------------------------------------------------------ what it says about itself
     def describe(self) -> dict:
@@ -163,6 +168,19 @@ class Placement:
                     self._unseeded.discard(tenant)
         if self.pool and (before != view.get(self.pool) or self._thread is None):     # changed, or at start
             log.info("pool %r: live engines now %s", self.pool, ", ".join(view.get(self.pool, ())))
+        self._fail_runs_of_gone(engines)        # last: a failure here leaves the new view in place
+
+    def _fail_runs_of_gone(self, engines: list[dict]) -> None:
+        """Fail the unfinished runs of engines gone since the last beat (at the first beat: all gone ones)."""
+        alive = {e["name"] for e in engines if e["alive"]} | {self.name}
+        gone = [e for e in engines if e["name"] not in alive
+                and (self._seen_live is None or e["name"] in self._seen_live)]
+        self._seen_live = alive
+        for e in gone:
+            how = "stopped" if e["stopped_at"] else f"stopped answering (no heartbeat for {self.stale_seconds:g} s)"
+            n = self.store.fail_engine_runs(e["name"], f"engine {e['name']} {how} while this run was running")
+            if n:
+                log.warning("engine %s %s: %d of its runs marked failed", e["name"], how, n)
 
     # ------------------------------------------------------------ routing (no database here)
     def route(self, tenant: str, groups: dict[str, dict] | None = None) -> Route:
