@@ -6,8 +6,9 @@ A real Hub with the example config starts the engine as its managed service. A b
 lands on the page: a hub admin gets the dashboard, whose embedded token reads the usage history
 with the admin's rights (a user's tokens and group per minute, the group's quota from the Hub);
 a user who is not an engine admin gets a one-line 403 and no token. In real Chromium, the page's
-Engines section lists the hub's one (unpooled) engine as this engine, alive, linked to its own
-page; and a hub admin edits a group's quota on the page: the Hub's group properties change (other
+Engines section lists every engine of the hub's database: the Hub's own (unpooled) engine as this
+engine, alive, and one of another pool that ran and stopped, each linked to its own page under
+``/services/``; and a hub admin edits a group's quota on the page: the Hub's group properties change (other
 properties kept) and the engine applies the new quota to the group's members.
 
 The service's OAuth client may give its tokens ``groups``, ``read:groups`` and
@@ -29,6 +30,8 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from potluck.engine.store import Store
 
 from hub_process import HubProcess
 
@@ -143,6 +146,13 @@ def test_a_hub_admin_sees_the_engines_and_edits_a_group_quota_on_the_page(hub):
     assert alice.get(f"{hub.engine_url}/api/me", timeout=60).status_code == 200      # the engine sees the group
     before = hub.api("GET", f"groups/{group}").json()["properties"]
     hub.api("PUT", f"groups/{group}/properties", json={**before, "course": "ml102"})  # an admin's own property
+    # An engine of another pool that used this database and stopped cleanly (as its own process would).
+    store = Store(f"sqlite:///{hub.tmp / 'potluck-data' / 'potluck.sqlite'}")
+    try:
+        store.register_engine("potluck-gpu-0", "gpu", "h100")
+        store.mark_engine_stopped("potluck-gpu-0")
+    finally:
+        store.close()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     config = {"playwright": str(PLAYWRIGHT), "chromium": CHROMIUM, "artifacts": str(ARTIFACTS), "hub_url": hub.url,
               "user": "ada", "password": ADMIN_PASSWORD, "group": group, "field": "tokens_per_minute",
@@ -152,10 +162,14 @@ def test_a_hub_admin_sees_the_engines_and_edits_a_group_quota_on_the_page(hub):
     lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
     result = lines[-1] if lines else {"result": "none", "stderr": done.stderr[-3000:]}
     assert result["result"] == "ok", result
-    # The Engines section: the example's one engine, not pooled, is the one the page talks to.
-    assert [(e["name"], e["this"], e["state"], e["pool"]) for e in result["engines"]] == \
-        [("potluck", "true", "alive", "not pooled")], result["engines"]
-    assert result["engines"][0]["href"] == "/services/potluck/" and "(this engine)" in result["engines"][0]["text"]
+    # The Engines section: the example's engine (not pooled) is the one the page talks to; the
+    # other pool's stopped engine is listed too, each linked to its own service's page.
+    engines = result["engines"]
+    assert [(e["name"], e["this"], e["state"], e["pool"], e["href"]) for e in engines] == [
+        ("potluck", "true", "alive", "not pooled", "/services/potluck/"),
+        ("potluck-gpu-0", "false", "stopped", "gpu", "/services/potluck-gpu-0/")], engines
+    assert "(this engine)" in engines[0]["text"] and "(this engine)" not in engines[1]["text"], engines
+    assert "h100" in engines[1]["text"], engines
     assert result["form_value_before"] == "100000", result          # the group's quota as the engine read it
     assert f"Saved the quota of group {group}" in result["notice"] and not result["errors"], result
     # The Hub holds the edit as the admin page's flat key; the admin's other property is kept.
