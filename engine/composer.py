@@ -216,7 +216,9 @@ class StepComposer:
                 left, seqs = left - n, seqs - 1
                 full = full.plus(self.context_of(req), n)
         t_full = self.cost.predict(full)
-        fixed = self.cost.fixed
+        # What a cut step pays whatever its size: the step's fixed cost, and a prompt chunk's own if
+        # the full step carries one (the cut step still will).
+        fixed = self.cost.predict(StepShape(prefill_chunks=min(full.prefill_chunks, 1)))
         cap = max(fixed / (1 - self.efficiency * (1 - fixed / t_full)),
                   2 * self.target_for(self.cost.predict(StepShape().plus(0, 1))))
         return cap if cap < t_full else None
@@ -283,8 +285,11 @@ class StepComposer:
 
         # Pass 2: everything else in fair order, only while the predicted step fits the target.
         state = {"shape": shape}
+        first_pass = {id(req) for req, _ in picked}
 
         def fill(req: Schedulable, n: int) -> int:
+            if id(req) in first_pass:
+                return 0
             k = self._fit(state["shape"], self.context_of(req), n, target)
             if k and admit(req, k):
                 state["shape"] = state["shape"].plus(self.context_of(req), k)
