@@ -506,7 +506,7 @@ def main(argv=None) -> int:
     scale = args.scale if args.scale is not None else (0.35 if args.quick else 1.0)
 
     from potluck.engine.engine import Engine, EngineConfig
-    from potluck.engine.tenants import Quota
+    from potluck.engine.quota import Quota
 
     out, load_before, code = begin("fairness", args.out, args.quick)
     dev_name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"

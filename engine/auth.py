@@ -36,7 +36,7 @@ from .errors import EngineUnavailable, Forbidden, Unauthorized
 from .hubgroups import GroupQuotaBook, flat_properties, has_quota
 from .protocol import ADMIN_SCOPE, SERVICE_NAME
 from .store import Store
-from .tenants import validate_quota_fields
+from .quota import validate_quota_fields
 
 # Seeding waits for a Hub that is still starting (a managed service may start before its API
 # answers) this many times, SEED_RETRY_SECONDS apart.

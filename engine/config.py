@@ -25,7 +25,7 @@ from traitlets.config import Configurable
 from .accelerator import check_profile_fields
 from .errors import PotluckError
 from .pools import check_pool_name
-from .tenants import QUOTA_FIELDS, Quota, validate_quota_fields
+from .quota import QUOTA_FIELDS, Quota, validate_quota_fields
 
 
 class QuotaFields(Dict):

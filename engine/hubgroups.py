@@ -7,7 +7,7 @@ quota is accepted in three forms, merged in this order (later wins, field by fie
 - ``potluck`` = a JSON object, ``{"tokens_per_minute": 5000}`` (the Hub API, ``load_groups``);
 - ``potluck`` = a string holding that object (what the page stores when one types it there);
 - flat keys, one per field: ``potluck.tokens_per_minute`` = ``"5000"`` -- the form to type in
-  the page. A string is converted by the field's type in ``tenants.Quota``: a whole number, a
+  the page. A string is converted by the field's type in ``quota.Quota``: a whole number, a
   number, ``interactive``/``batch``, a comma-separated model list; ``null`` means no limit.
 
 Fail closed: a value that cannot be read never loosens a limit. ``GroupQuotaBook`` keeps each
@@ -21,7 +21,7 @@ their other groups' values).
 is above the engine's KV pool: such a limit never binds (the pool does), which admins should know.
 
 What it must never do: talk to the Hub (``auth.HubAuthenticator`` fetches the properties and
-hands them here), or resolve a user's quota (``tenants.py``).
+hands them here), or resolve a user's quota (``quota.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 
 from .errors import BadRequest, PotluckError
 from .protocol import SERVICE_NAME
-from .tenants import QUOTA_FIELDS, validate_quota_fields
+from .quota import QUOTA_FIELDS, validate_quota_fields
 
 PREFIX = f"{SERVICE_NAME}."          # flat keys: potluck.tokens_per_minute
 NO_LIMIT = ("null", "none")          # typed for "no limit" (JSON null)
@@ -42,7 +42,7 @@ log = logging.getLogger("potluck.engine")
 
 
 def _kind(name: str) -> str:
-    # The field's declared type in Quota ("int | None" -> "int"), as tenants.py reads it.
+    # The field's declared type in Quota ("int | None" -> "int"), as quota.py reads it.
     return str(QUOTA_FIELDS[name].type).split(" |")[0].split("[")[0]
 
 

@@ -12,7 +12,7 @@ overrides' pools. A daemon thread refreshes it every ``stale_seconds / 3``, writ
 engine's heartbeat (and load) in the same beat; the door (``admit``) and ``route`` read only
 that view: no database query on a request's path. This engine always counts itself live.
 A tenant's pool is ``pools.choose_pool`` over what their groups (``Identity.groups``, read
-fail-closed by ``hubgroups``) and their override name, as ``tenants.resolve_quota`` chooses it.
+fail-closed by ``hubgroups``) and their override name, as ``quota.resolve_quota`` chooses it.
 
 An engine not in a pool (``pool`` "") serves everyone, as before pools existed; it still
 registers and beats, so the admin's list of engines shows it.
@@ -44,7 +44,8 @@ from typing import Any, Callable, TypeVar
 
 from .errors import PotluckError
 from .pools import MISDIRECTED, WRONG_ENGINE, choose_pool, rendezvous_rank
-from .tenants import TokenWindow, named_pools
+from .quota import named_pools
+from .tokenrates import TokenWindow
 
 log = logging.getLogger("potluck.engine")
 

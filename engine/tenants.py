@@ -1,192 +1,26 @@
-"""Tenants and their quotas.
+"""Tenants: who is using the engine now, their live counters, and the checks at the door.
 
-The tenant is the hub user name. A tenant's effective quota is resolved in
-layers: the engine's defaults, then each of the user's groups' ``potluck``
-properties (combined by the most generous value), then a per-user override
-set by an admin. Every effective value remembers where it came from, so
-``/api/me`` can say "tokens_per_minute = 20000 (group: students)".
+The tenant is the hub user name. ``Tenant`` holds one tenant's resolved quota (``quota.py``
+says what a quota is and how its layers combine), their token windows (``tokenrates.py``), the
+tokens promised to their running generations, and their usage counters; its checks admit or
+refuse a request, each refusal naming the quota field and its value. ``TenantRegistry`` keeps
+every tenant seen, applies per-user overrides (in the store when there is one) and records usage
+to the ledger.
 
-Enforcement lives here too: the token-rate windows and the per-request and
-concurrency limits. Every refusal names the quota field and its value.
-``TenantRegistry`` keeps every tenant seen, their overrides and live usage.
-Nothing here touches tensors or pages.
+What it must never do: touch tensors or pages, or run off the batch-loop thread (the engine's
+facade calls it there); an unreadable override is a 503, never "no override".
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
-import time
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, time as dtime, timezone
 from typing import Callable
 
-from .errors import BadRequest, EngineUnavailable, QuotaExceeded, RequestTooLarge
-from .pools import check_pool_name, choose_pool
+from .errors import EngineUnavailable, QuotaExceeded, RequestTooLarge
+from .quota import Quota, resolve_quota, validate_quota_fields
 from .scheduler import PRIORITIES
-
-
-def _limit(default, maximum):
-    """A quota field's default and the largest value an admin may set (bigger is refused, never clipped)."""
-    return field(default=default, metadata={"max": maximum})
-
-
-@dataclass(frozen=True)
-class Quota:
-    """A tenant's limits. Each field is declared once here: its type and maximum drive validation."""
-
-    weight: float = _limit(1.0, 1e6)                          # share of the accelerator relative to others
-    priority: str = "interactive"                             # "interactive" or "batch"
-    kv_pages: int | None = _limit(4096, 1 << 31)             # hard cap on KV pages held (None: no cap)
-    kv_pages_soft: int | None = _limit(None, 1 << 31)        # share kept on the device before swapping
-    max_runs: int | None = _limit(4, 10_000)                 # concurrent inferlet runs
-    max_concurrent_requests: int | None = _limit(32, 100_000)  # concurrent generation requests
-    tokens_per_minute: int | None = _limit(None, 10**12)
-    tokens_per_day: int | None = _limit(None, 10**15)
-    max_tokens_per_request: int | None = _limit(4096, 10**9)
-    fuel_per_run: int | None = _limit(20_000_000_000, 1 << 62)   # wasmtime's fuel is a u64
-    max_run_seconds: float | None = _limit(600.0, 30 * 86400.0)
-    memory_mb_per_run: int | None = _limit(256, 4096)         # wasm32 memory ends at 4 GiB
-    models: tuple[str, ...] = ("*",)
-    # Which pool of engines serves the tenant ("": the hub's default pool). Every group's and the
-    # override's pool is kept, and the first of the hub's pools (its order) that any names wins.
-    pool: str = ""
-    # What a tenant can make the engine hold besides KV pages (issue 15: every byte counts somewhere).
-    run_output_bytes: int | None = _limit(1 << 20, 1 << 30)   # what one run prints, sends and publishes
-    run_history_bytes: int | None = _limit(8 << 20, 1 << 34)  # ended runs' events kept in memory, all together
-    kv_store_bytes: int | None = _limit(16 << 20, 1 << 40)    # keys + values in the key-value store
-    saved_contexts: int | None = _limit(256, 1_000_000)       # named saved contexts
-
-    def to_json(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["models"] = list(self.models)
-        return d
-
-
-QUOTA_FIELDS = {f.name: f for f in dataclasses.fields(Quota)}
-QUOTA_MAX = {f.name: f.metadata["max"] for f in QUOTA_FIELDS.values() if "max" in f.metadata}
-
-
-def _fields_typed(kind: str) -> set[str]:
-    # A quota field is declared once, in Quota: how it is validated follows its annotation.
-    return {f.name for f in QUOTA_FIELDS.values() if str(f.type).split(" |")[0] == kind}
-
-
-_INT_FIELDS = _fields_typed("int")
-_FLOAT_FIELDS = _fields_typed("float")
-
-
-def _too_big(where: str, name: str, value) -> BadRequest:
-    top = QUOTA_MAX[name]
-    shown = int(top) if isinstance(top, float) and top.is_integer() else top
-    return BadRequest(f"{where}: {name} is at most {shown}, got {value!r}", code="invalid_quota", param=name,
-                      maximum=top)
-
-
-def validate_quota_fields(fields: dict, *, where: str = "quota") -> dict:
-    """Check a partial quota (an override or a group's properties); return it normalised.
-
-    Numbers are bounded by each field's declared maximum: a value past it is refused (never
-    clipped), so an admin's typo cannot turn into "unlimited" or overflow a limit downstream.
-    """
-    if not isinstance(fields, dict):
-        raise BadRequest(f"{where} must be a JSON object of quota fields", code="invalid_quota")
-    out = {}
-    for name, value in fields.items():
-        if name not in QUOTA_FIELDS:
-            raise BadRequest(f"{where}: unknown quota field {name!r}; known: {', '.join(QUOTA_FIELDS)}",
-                             code="invalid_quota")
-        if name in _INT_FIELDS:
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise BadRequest(f"{where}: {name} must be a non-negative integer or null (no limit), got {value!r}",
-                                 code="invalid_quota", param=name)
-            if value is not None and value > QUOTA_MAX[name]:
-                raise _too_big(where, name, value)
-        elif name in _FLOAT_FIELDS:
-            ok = value is None and name != "weight"
-            ok = ok or (isinstance(value, (int, float)) and not isinstance(value, bool)
-                        and math.isfinite(value) and value > 0)
-            if not ok:
-                raise BadRequest(f"{where}: {name} must be a positive number, got {value!r}", code="invalid_quota",
-                                 param=name)
-            if value is not None and value > QUOTA_MAX[name]:
-                raise _too_big(where, name, value)
-        elif name == "priority":
-            if value not in PRIORITIES:
-                raise BadRequest(f"{where}: priority must be one of {sorted(PRIORITIES)}, got {value!r}",
-                                 code="invalid_quota", param=name)
-        elif name == "models":
-            if not isinstance(value, (list, tuple)) or not all(isinstance(m, str) for m in value):
-                raise BadRequest(f"{where}: models must be a list of model names (or ['*'])", code="invalid_quota",
-                                 param=name)
-            value = tuple(value)
-        elif name == "pool":
-            value = "" if value is None else value      # null: no pool named, as ""
-            try:
-                if value != "":
-                    check_pool_name(value)
-            except ValueError as e:
-                raise BadRequest(f"{where}: {e}", code="invalid_quota", param=name) from None
-        out[name] = value
-    return out
-
-
-def _more_generous(name: str, a, b):
-    if name == "models":
-        return tuple(sorted(set(a) | set(b)))
-    if name == "priority":
-        return "interactive" if "interactive" in (a, b) else a
-    if a is None or b is None:          # None = no limit, the most generous
-        return None
-    return max(a, b)
-
-
-def named_pools(groups: dict[str, dict] | None, override: dict | None) -> dict[str, str]:
-    """Every pool the tenant's groups and override name, and who named it (``group:NAME`` or ``user``)."""
-    named: dict[str, str] = {}
-    for gname in sorted(groups or {}):
-        pool = (groups[gname] or {}).get("pool")
-        if pool:
-            named.setdefault(pool, f"group:{gname}")
-    pool = (override or {}).get("pool")
-    if pool:
-        named[pool] = "user"
-    return named
-
-
-def resolve_quota(defaults: Quota, groups: dict[str, dict] | None = None,
-                  override: dict | None = None, combine: str = "max", *,
-                  pools: tuple[str, ...] = (), default_pool: str = "") -> tuple[Quota, dict[str, str]]:
-    """Effective quota and, per field, where its value came from.
-
-    ``pool`` is not combined like the limits: of the pools any group or the override names, the
-    first in ``pools`` (the hub's order of preference) is the tenant's, else ``default_pool``
-    (``pools.choose_pool``, as the placement and the clients choose it).
-    """
-    values = dataclasses.asdict(defaults)
-    source = {name: "default" for name in values}
-    group_vals: dict[str, tuple] = {}
-    for gname in sorted(groups or {}):
-        for name, value in (groups[gname] or {}).items():
-            if name == "pool":
-                continue
-            if name not in group_vals:
-                group_vals[name] = (value, f"group:{gname}")
-            elif combine == "max":
-                merged = _more_generous(name, group_vals[name][0], value)
-                if merged != group_vals[name][0]:
-                    group_vals[name] = (merged, f"group:{gname}")
-    for name, (value, src) in group_vals.items():
-        values[name], source[name] = value, src
-    for name, value in (override or {}).items():
-        if name != "pool":
-            values[name], source[name] = value, "user"
-    named = named_pools(groups, override)
-    values["pool"] = choose_pool(named, pools, default_pool or defaults.pool)
-    source["pool"] = named.get(values["pool"], "default")
-    values["models"] = tuple(values["models"])
-    return Quota(**values), source
+from .tokenrates import TokenWindow, check_token_rates, token_room
 
 
 def _store_unreadable(what: str, e: Exception) -> EngineUnavailable:
@@ -195,65 +29,6 @@ def _store_unreadable(what: str, e: Exception) -> EngineUnavailable:
     return EngineUnavailable(f"the engine cannot read {what} from its database ({reason}); try again in a moment",
                              code="store_unavailable")
 
-
-class TokenWindow:
-    """Tokens used in the last minute (1-second buckets) and in the current UTC day.
-
-    A window can start from usage recorded elsewhere (another engine of the pool, before a
-    restart): ``day_start_tokens`` today's, ``recent`` the last minute's as (second, tokens)
-    pairs, oldest first.
-    """
-
-    def __init__(self, day_start_tokens: int = 0, recent: tuple[tuple[int, int], ...] = ()):
-        self._buckets: deque[tuple[int, int]] = deque(recent)
-        self._minute = sum(n for _, n in recent)
-        self._day = datetime.now(timezone.utc).date()
-        self._day_tokens = day_start_tokens
-
-    def _roll(self, now: float) -> None:
-        sec = int(now)
-        while self._buckets and self._buckets[0][0] <= sec - 60:
-            self._minute -= self._buckets.popleft()[1]
-        today = datetime.now(timezone.utc).date()
-        if today != self._day:
-            self._day, self._day_tokens = today, 0
-
-    def add(self, n: int, now: float | None = None) -> None:
-        now = time.time() if now is None else now
-        self._roll(now)
-        sec = int(now)
-        if self._buckets and self._buckets[-1][0] == sec:
-            self._buckets[-1] = (sec, self._buckets[-1][1] + n)
-        else:
-            self._buckets.append((sec, n))
-        self._minute += n
-        self._day_tokens += n
-
-    def minute(self, now: float | None = None) -> int:
-        self._roll(time.time() if now is None else now)
-        return self._minute
-
-    def day(self) -> int:
-        self._roll(time.time())
-        return self._day_tokens
-
-    def seconds_until_minute_frees(self, need: int, limit: int, now: float | None = None) -> int:
-        """How long until ``need`` more tokens fit under a per-minute ``limit`` (what Retry-After says)."""
-        now = time.time() if now is None else now
-        self._roll(now)
-        used = self._minute
-        if used + need <= limit:
-            return 1
-        for sec, n in self._buckets:
-            used -= n
-            if used + need <= limit:
-                return max(1, math.ceil(sec + 60 - now))
-        return 60
-
-    @staticmethod
-    def seconds_until_day_ends() -> int:
-        now = datetime.now(timezone.utc)
-        return max(1, 86400 - (now.hour * 3600 + now.minute * 60 + now.second))
 
 
 @dataclass
@@ -323,48 +98,10 @@ class Tenant:
 
     def rate_room(self) -> int | None:
         """Tokens this tenant may still use now under its token rates (None: no rate limit)."""
-        q = self.quota
-        if q.tokens_per_minute is None and q.tokens_per_day is None:
-            return None
-        reserved = self.reserved()
-        rooms = []
-        if q.tokens_per_minute is not None:
-            rooms.append(q.tokens_per_minute - self.window.minute() - reserved)
-        if q.tokens_per_day is not None:
-            rooms.append(q.tokens_per_day - self.window.day() - reserved)
-        return min(rooms)
+        return token_room(self.quota, self.window, self.reserved)
 
     def check_rate(self, tokens: int = 0) -> None:
-        q = self.quota
-        if q.tokens_per_minute is None and q.tokens_per_day is None:
-            return
-        reserved = self.reserved()
-        if q.tokens_per_minute is not None:
-            used = self.window.minute() + reserved
-            if tokens > q.tokens_per_minute:
-                raise RequestTooLarge("tokens_per_minute", q.tokens_per_minute,
-                                      f"this request needs {tokens} tokens (its prompt and one new token) but your "
-                                      f"tokens_per_minute limit is {q.tokens_per_minute}: it can never fit, "
-                                      f"retrying will not help; send a shorter prompt")
-            if used + tokens > q.tokens_per_minute:
-                err = QuotaExceeded("tokens_per_minute", q.tokens_per_minute,
-                                    f"token rate limit: {used} tokens used or promised to running requests in "
-                                    f"the last minute (+{tokens} asked) against your tokens_per_minute limit "
-                                    f"{q.tokens_per_minute}; try again in a minute")
-                err.retry_after = self.window.seconds_until_minute_frees(tokens + reserved, q.tokens_per_minute)
-                raise err
-        if q.tokens_per_day is not None:
-            used = self.window.day() + reserved
-            if tokens > q.tokens_per_day:
-                raise RequestTooLarge("tokens_per_day", q.tokens_per_day,
-                                      f"this request needs {tokens} tokens (its prompt and one new token) but your "
-                                      f"tokens_per_day limit is {q.tokens_per_day}: it can never fit")
-            if used + tokens > q.tokens_per_day:
-                err = QuotaExceeded("tokens_per_day", q.tokens_per_day,
-                                    f"daily token limit: {used} tokens used or promised today (UTC) against "
-                                    f"your tokens_per_day limit {q.tokens_per_day}")
-                err.retry_after = self.window.seconds_until_day_ends()
-                raise err
+        check_token_rates(self.quota, self.window, self.reserved, tokens)
 
     def usage_json(self) -> dict:
         return {

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from ..constraints import Structured
     from ..engine import Engine
     from ..sampling import Sampler
-    from ..tenants import Quota
+    from ..quota import Quota
 
 
 class EnginePort:

@@ -4,7 +4,7 @@ This module owns the ``quota_overrides`` rows: an override is a whole set of Quo
 replaces (never merges with) the previous one, and every change is audited in the same
 transaction, so the audit log can never miss or invent an override.
 
-What it must never do: validate quota fields or resolve a user's quota (``tenants.py`` does
+What it must never do: validate quota fields or resolve a user's quota (``quota.py`` does
 both); here an override is a plain dict.
 """
 

@@ -222,7 +222,7 @@ def test_output_coalescing_keeps_order_between_prints_and_messages(runs):
 def test_a_run_printing_a_token_at_a_time_for_twenty_minutes_stays_under_the_event_cap(monkeypatch):
     """Legitimate streaming (one token printed every 60 ms) must never meet MAX_EVENTS: pieces grow instead."""
     from potluck.engine.sandbox import run as run_module
-    from potluck.engine.tenants import Quota
+    from potluck.engine.quota import Quota
 
     class Site:
         def save_record(self, record):

@@ -8,7 +8,7 @@ from wasmtime.component import FuncType, ResultType
 from potluck.engine.sandbox import build
 from potluck.engine.sandbox.host_calls import IMPORTS, PACKAGE, PLAIN, RESULT, TAGGED, VERSION
 from potluck.engine.sandbox.wasm import Sandbox, describe_trap
-from potluck.engine.tenants import Quota
+from potluck.engine.quota import Quota
 
 
 @pytest.fixture(scope="module")

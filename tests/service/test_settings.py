@@ -7,7 +7,7 @@ from traitlets import TraitError
 
 from potluck.engine.app import PotluckEngine
 from potluck.engine.config import EngineConfig
-from potluck.engine.tenants import Quota
+from potluck.engine.quota import Quota
 
 
 def test_engine_config_takes_its_settings_as_keywords():

@@ -19,7 +19,7 @@ from potluck.engine.errors import BadRequest
 from potluck.engine.placement import Placement, WrongEngine
 from potluck.engine.pools import MISDIRECTED, WRONG_ENGINE, rendezvous_rank
 from potluck.engine.store import Store, UsageLedger
-from potluck.engine.tenants import Quota, resolve_quota, validate_quota_fields
+from potluck.engine.quota import Quota, resolve_quota, validate_quota_fields
 
 T0 = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
 TENANTS = [f"user{i}" for i in range(60)]

@@ -7,7 +7,7 @@ import pytest
 from tiny_engine import make_engine
 from potluck.engine.errors import BadRequest, QuotaExceeded, RequestTooLarge
 from potluck.engine.store import Store, UsageLedger
-from potluck.engine.tenants import Quota, resolve_quota, validate_quota_fields
+from potluck.engine.quota import Quota, resolve_quota, validate_quota_fields
 
 
 def test_groups_combine_by_the_most_generous_value_and_override_wins():
@@ -115,7 +115,7 @@ def test_reopening_a_saved_context_over_quota_after_restart_leaks_nothing(tmp_pa
 
 
 def test_quota_values_past_their_maximum_are_refused_naming_the_field_and_the_maximum():
-    from potluck.engine.tenants import QUOTA_MAX
+    from potluck.engine.quota import QUOTA_MAX
     for bad, name in (({"fuel_per_run": 2**70}, "fuel_per_run"), ({"kv_pages": 10**30}, "kv_pages"),
                       ({"memory_mb_per_run": 1 << 20}, "memory_mb_per_run"), ({"weight": 1e30}, "weight"),
                       ({"max_run_seconds": 1e300}, "max_run_seconds"), ({"kv_store_bytes": 1 << 50}, "kv_store_bytes")):

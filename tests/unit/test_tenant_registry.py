@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from potluck.engine.tenants import Quota, TenantRegistry
+from potluck.engine.quota import Quota
+from potluck.engine.tenants import TenantRegistry
 
 
 def test_quota_resolves_defaults_then_groups_then_the_user_override_and_tells_the_listener():
