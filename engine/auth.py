@@ -96,6 +96,10 @@ class Authenticator(LoggingConfigurable):
         """Each group's quota in effect and its read error, for admins (none without a Hub)."""
         return {}
 
+    async def group_members(self, name: str) -> list[str] | None:
+        """The group's members as the Hub has them; None when unknown (no Hub here)."""
+        return None
+
 
 class TokenAuthenticator(Authenticator):
     """Standalone tokens from ``potluck token create``; the token's name is the tenant."""
@@ -175,6 +179,7 @@ class HubAuthenticator(Authenticator):
         for group, fields in self.seed_groups.items():
             validate_quota_fields(fields, where=f"HubAuthenticator.seed_groups[{group!r}]")
         self._groups: dict[str, tuple[float, dict]] = {}   # group -> (fetched at, quota in effect)
+        self._members: dict[str, tuple[float, list[str] | None]] = {}   # group -> (fetched at, member names)
         self.book = GroupQuotaBook(self.store)
         self._seeding: asyncio.Task | None = None
 
@@ -252,6 +257,7 @@ class HubAuthenticator(Authenticator):
                 cached = (now, last or {})
             self._groups[name] = (now, cached[1])
             return cached[1]
+        self._note_members(name, model, now)
         props = (model or {}).get("properties") or {}
         # Fail closed: an unreadable value keeps the group's last good quota (see hubgroups).
         fields = await asyncio.get_running_loop().run_in_executor(self.executor, self.book.accept, name, props)
@@ -260,6 +266,29 @@ class HubAuthenticator(Authenticator):
 
     def group_report(self) -> dict[str, dict]:
         return self.book.report()
+
+    async def group_members(self, name: str) -> list[str] | None:
+        """The group's members as the Hub has them (from the group model ``identify`` reads too),
+        reused for ``cache_seconds``. While the Hub cannot be read, the last list read; None when
+        none was (or the Hub's answer had no ``users``: the service lacks ``read:groups``)."""
+        now = time.monotonic()
+        cached = self._members.get(name)
+        if cached is not None and now - cached[0] < self.cache_seconds:
+            return cached[1]
+        try:
+            model = await self._hub_request(self._group_url(name))
+        except Exception as e:
+            self.log.warning("cannot read the members of group %r from the Hub: %s", name, e)
+            members = cached[1] if cached is not None else None
+            self._members[name] = (now, members)        # not asked again for cache_seconds
+            return members
+        return self._note_members(name, model, now)
+
+    def _note_members(self, name: str, model: dict | None, now: float) -> list[str] | None:
+        users = (model or {}).get("users")
+        members = sorted(u for u in users if isinstance(u, str)) if isinstance(users, list) else None
+        self._members[name] = (now, members)
+        return members
 
     async def start(self, kv_pool_pages: int | None = None) -> None:
         self.book.pool_pages = kv_pool_pages       # groups' kv_pages above it are flagged to admins

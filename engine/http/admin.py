@@ -5,13 +5,15 @@ partial quota that replaces the previous override of that user (fields not in
 it come from the defaults and the user's groups); it is stored, so it
 survives a restart, and audited with the admin's name. The reports and the
 overrides are the engine's (``Engine.admin_tenants``, ``set_user_override``);
-the usage history is the ledger's (``UsageLedger.history``), summed per Hub
-group over the members the engine has seen. This module checks names and
+the usage history is the ledger's (``UsageLedger.history``, every engine's),
+summed per Hub group over its members as the Hub lists them (those the engine
+has seen when the Hub cannot say). This module checks names and
 times and shapes the answers. Admins' view of runs is in ``runs.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta, timezone
 
 from ..errors import BadRequest, NotFound
@@ -98,9 +100,10 @@ class UsageHistoryHandler(APIHandler):
     """``GET api/admin/usage?resolution=minute|hour&since=ISO&until=ISO``: usage over time, per user and group.
 
     Each series lists only the buckets with usage (oldest first), as rows of ``columns``.
-    A group's series is the sum of its members' (members as the engine has seen them in
-    identities since it started); its ``quota`` and ``error`` are the group's ``potluck``
-    property as the engine last read it from the Hub (none standalone).
+    A group's series is the sum of its members' (as the Hub lists them, cached like the group's
+    quota; while the Hub cannot say, the members the engine has seen in identities since it
+    started); its ``quota`` and ``error`` are the group's ``potluck`` property as the engine last
+    read it from the Hub (none standalone).
     """
 
     admin_only = True
@@ -130,12 +133,15 @@ class UsageHistoryHandler(APIHandler):
                     members.setdefault(g, []).append(r["name"])
         # Each group's quota in effect, read error and warnings, as the Hub authenticator last read them.
         book = self.service.authenticator.group_report()
+        names = sorted(set(members) | set(book))
+        listed = await asyncio.gather(*(self.service.authenticator.group_members(g) for g in names))
         groups = {}
-        for g in sorted(set(members) | set(book)):
+        for g, hub_members in zip(names, listed):
             seen = book.get(g) or {}
-            groups[g] = {"members": sorted(members.get(g, [])), "quota": seen.get("quota"),
+            who = sorted(hub_members if hub_members is not None else members.get(g, []))
+            groups[g] = {"members": who, "quota": seen.get("quota"),
                          "error": seen.get("error"), "warnings": seen.get("warnings") or [],
-                         "series": _rows(sum_history(history, members.get(g, [])))}
+                         "series": _rows(sum_history(history, who))}
         self.write_json({
             "resolution": resolution,
             "bucket_seconds": RESOLUTIONS[resolution],
