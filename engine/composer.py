@@ -206,15 +206,7 @@ class StepComposer:
         """
         if not self.enabled or self.efficiency >= 1:
             return None
-        full = StepShape()
-        left, seqs = budget, max_seqs
-        for q in scheduler.queues.values():
-            for req in q:
-                if left <= 0 or seqs <= 0:
-                    break
-                n = min(req.remaining, left)
-                left, seqs = left - n, seqs - 1
-                full = full.plus(self.context_of(req), n)
+        full = self._walk((req for q in scheduler.queues.values() for req in q), budget, max_seqs)
         t_full = self.cost.predict(full)
         # What a cut step pays whatever its size: the step's fixed cost, and a prompt chunk's own if
         # the full step carries one (the cut step still will).
@@ -236,16 +228,8 @@ class StepComposer:
             return set()
         costs: dict[str, float] = {}
         for tenant, q in scheduler.queues.items():
-            shape = StepShape()
-            left = budget
-            for req in q:
-                if left <= 0:
-                    break
-                n = min(req.remaining, left)
-                left -= n
-                shape = shape.plus(self.context_of(req), n)
-            if left < budget:
-                costs[tenant] = self.cost.predict(shape)
+            if q:
+                costs[tenant] = self.cost.predict(self._walk(q, budget, len(q)))
         if len(costs) < 2:
             return set()
         weights = {t: scheduler.weights.get(t, 1.0) for t in costs}
@@ -334,6 +318,28 @@ class StepComposer:
             else:
                 hi = mid
         return lo
+
+    def _walk(self, reqs, budget: int, max_seqs: int) -> StepShape:
+        """The shape of a step taking ``reqs`` in this order up to the budget (plain ints: runs every step)."""
+        pre = dec = chunks = dctx = pairs = 0
+        left, seqs = budget, max_seqs
+        context_of = self.context_of
+        for req in reqs:
+            if left <= 0 or seqs <= 0:
+                break
+            n = min(req.remaining, left)
+            left -= n
+            seqs -= 1
+            c = context_of(req)
+            if n == 1:
+                dec += 1
+                if c >= dctx:
+                    dctx = c + 1
+            else:
+                pre += n
+                chunks += 1
+                pairs += n * (c + n)
+        return StepShape(pre, dec, chunks, dctx, pairs)
 
     def _shape(self, picked: list[tuple[Schedulable, int]]) -> StepShape:
         shape = StepShape()
