@@ -30,9 +30,10 @@ def _store_unreadable(what: str, e: Exception) -> EngineUnavailable:
                              code="store_unavailable")
 
 
-
 @dataclass
 class Tenant:
+    """One tenant as the engine knows it now: resolved quota, token windows, promises, usage counters."""
+
     name: str
     groups: tuple[str, ...] = ()
     is_admin: bool = False
