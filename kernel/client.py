@@ -34,7 +34,7 @@ import os
 import sys
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 from urllib.parse import quote, urlparse
 
 import requests

@@ -25,10 +25,8 @@ import requests
 from hub_process import HubProcess
 from potluck.engine.pools import rendezvous_rank
 from support.engine_process import EngineProcess, free_port
-from support.postgres import PostgresServer, skip_reason
 
-pytestmark = [pytest.mark.timeout(900),
-              pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")]
+pytestmark = pytest.mark.timeout(900)
 
 LARGE = ["potluck-large-0", "potluck-large-1"]
 SMALL = "potluck-small-0"
@@ -63,18 +61,11 @@ def researchers() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def pg():
-    server = PostgresServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory, pg):
+def hub(tmp_path_factory, postgres):
     from potluck.jupyter_ext.install import install
     install()
     tmp = tmp_path_factory.mktemp("pools")
-    db_url = pg.create_database()
+    db_url = postgres.create_database()
     ports = {name: free_port() for name in LARGE}
     tokens = {name: secrets.token_hex(32) for name in LARGE}
     large = [{"url": f"http://127.0.0.1:{ports[n]}", "api_token": tokens[n]} for n in LARGE]

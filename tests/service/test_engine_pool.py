@@ -17,7 +17,6 @@ import pytest
 
 from potluck.engine.pools import rendezvous_rank
 from support.engine_process import EngineProcess, error_of
-from support.postgres import PostgresServer, skip_reason
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -32,12 +31,8 @@ def tenant_of(engine: str, skip: tuple[str, ...] = ()) -> str:
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-    reason = skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    server = PostgresServer().start()
-    url = server.create_database()
+def pair(tmp_path_factory, postgres):
+    url = postgres.create_database()
     procs = {}
     for name in ENGINES:
         data = tmp_path_factory.mktemp(name)
@@ -80,7 +75,6 @@ def pair(tmp_path_factory):
         yield procs
     finally:
         codes = {name: proc.stop() for name, proc in procs.items()}
-        server.stop()
         assert set(codes.values()) == {0}, {n: procs[n].log_tail() for n in procs}
 
 

@@ -12,19 +12,8 @@ import time
 import pytest
 
 from support.engine_process import EngineProcess
-from support.postgres import PostgresServer, skip_reason
 
 pytestmark = pytest.mark.timeout(900)
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    reason = skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    server = PostgresServer().start()
-    yield server
-    server.stop()
 
 
 def make_tokens(url: str, proc: EngineProcess, names: dict[str, bool]) -> None:

@@ -18,19 +18,13 @@ import time
 import pytest
 
 from support.engine_process import EngineProcess, error_of, potluck
-from support.postgres import PostgresServer, skip_reason
 
 pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
-def database():
-    reason = skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    server = PostgresServer().start()
-    yield server.create_database()
-    server.stop()
+def database(postgres):
+    return postgres.create_database()
 
 
 @pytest.fixture(scope="module")

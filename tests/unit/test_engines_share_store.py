@@ -20,22 +20,6 @@ from potluck.engine.store import Store, UsageLedger
 M0 = datetime(2026, 3, 1, 10, 7, tzinfo=timezone.utc)
 
 
-@pytest.fixture(scope="module")
-def postgres():
-    from support.postgres import PostgresServer, skip_reason
-    reason = skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    server = PostgresServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'potluck.sqlite'}"
-    return request.getfixturevalue("postgres").create_database()
 
 
 @pytest.fixture

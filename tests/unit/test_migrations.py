@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.orm import Session
 
@@ -23,22 +22,6 @@ from potluck.engine.store.tables import Base
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=timezone.utc)
 
 
-@pytest.fixture(scope="module")
-def postgres():
-    from support.postgres import PostgresServer, skip_reason
-    reason = skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    server = PostgresServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'potluck.sqlite'}"
-    return request.getfixturevalue("postgres").create_database()
 
 
 def make_first_release_database(url: str) -> None:

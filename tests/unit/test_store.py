@@ -13,24 +13,6 @@ from potluck.engine.store import Store, TokenRecord, UsageLedger
 H0 = datetime(2025, 3, 1, 10, 0, tzinfo=timezone.utc)
 
 
-@pytest.fixture(scope="module")
-def postgres():
-    """A real PostgreSQL server for this module (Debian's package, a throwaway cluster in a temp dir)."""
-    from support.postgres import PostgresServer, skip_reason
-    reason = skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    server = PostgresServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request, tmp_path):
-    """Every store test runs on SQLite (the default) and on PostgreSQL (what large hubs use)."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'potluck.sqlite'}"
-    return request.getfixturevalue("postgres").create_database()
 
 
 @pytest.fixture
