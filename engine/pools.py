@@ -179,8 +179,9 @@ class EngineRouter:
         """Ask the engines which one serves this tenant; ``avoid`` is one that just failed.
 
         The first engine that answers names the tenant's engine (``route`` in ``/api/me``, from
-        the engines' shared view of who is alive). While that is still ``avoid``, or does not
-        answer, the engines have not yet noticed it is gone: ask again each second, up to ``wait``.
+        the engines' shared view of who is alive), which must answer and agree. While that is
+        still ``avoid``, or does not answer or agree, the engines have not all noticed the change
+        yet: ask again each second, up to ``wait``.
         """
         deadline = time.monotonic() + self.wait
         while True:
@@ -195,7 +196,7 @@ class EngineRouter:
                 # None: no engine of the tenant's pool is live in the engines' view (yet)
                 target = route.get("engine") if "engine" in route else engine
                 known = target is not None and self.pools.pool_of(target) is not None
-                if known and target != avoid and (target == engine or self._ask(target) is not None):
+                if known and target != avoid and (target == engine or self._serves_itself(target)):
                     self.engine, self.pool = target, self.pools.pool_of(target)
                     return target
                 break
@@ -204,6 +205,13 @@ class EngineRouter:
                 raise NoEngine(f"no Potluck engine serves you now (not answering: {names}); "
                                "ask your hub admin")
             time.sleep(1.0)
+
+    def _serves_itself(self, engine: str) -> bool:
+        """``engine`` answers and its own view names itself: each engine refreshes its view of who
+        is alive on its own beat, so the one that told us may have seen a departure before it did
+        (it would answer 421 naming the engine that just left)."""
+        route = self._ask(engine)
+        return route is not None and route.get("engine", engine) == engine
 
     def failed(self, reason: str = "") -> str:
         """The current engine stopped answering (or named another): find the next, say so once."""

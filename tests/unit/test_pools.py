@@ -44,12 +44,14 @@ def test_pool_map_round_trips_and_refuses_a_bad_one():
 
 
 class Hub:
-    """Engines as the router sees them over HTTP: who answers, and whom each names as the tenant's."""
+    """Engines as the router sees them over HTTP: who answers, and whom each names as the tenant's
+    (``views``: an engine whose view of who is alive lags names someone else)."""
 
     def __init__(self, pools: PoolMap):
         self.pools = pools
         self.up = {e for engines in pools.pools.values() for e in engines}
         self.owner: dict[str, str] = {}
+        self.views: dict[str, str] = {}
         self.asked: list[str] = []
 
     def get(self, url: str, timeout: float):
@@ -57,7 +59,8 @@ class Hub:
         self.asked.append(engine)
         if engine not in self.up:
             raise OSError("connection refused")
-        return 200, {"route": {"pool": self.pools.pool_of(self.owner["ada"]), "engine": self.owner["ada"]}}
+        owner = self.views.get(engine, self.owner["ada"])
+        return 200, {"route": {"pool": self.pools.pool_of(owner), "engine": owner}}
 
 
 @pytest.fixture
@@ -90,3 +93,14 @@ def test_while_the_engines_still_count_a_dead_engine_as_the_tenants_the_router_w
     with pytest.raises(NoEngine, match="not answering: potluck-gpu-1"):
         r.failed()
     assert 3 <= clock[0] <= 4                    # bounded by wait: never a hang
+
+
+def test_the_router_moves_only_once_the_new_engine_itself_agrees(hub, monkeypatch):
+    ticks = []
+    monkeypatch.setattr("time.sleep", lambda s: (ticks.append(s), hub.views.clear()))
+    r = EngineRouter(hub.pools, "ada", hub.get, wait=5)
+    r.url()
+    hub.up.discard("potluck-gpu-1")
+    hub.owner["ada"] = "potluck-gpu-0"                 # the cpu engine has seen the departure ...
+    hub.views["potluck-gpu-0"] = "potluck-gpu-1"       # ... gpu-0 not yet (it would answer 421)
+    assert r.failed() == "potluck-gpu-0" and len(ticks) == 1
