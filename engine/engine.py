@@ -394,7 +394,8 @@ class Engine(EngineReports):
         override = self.tenants.read_override(name)
 
         def resolve(window) -> Tenant:
-            return self.loop.call(self._resolve_tenant, name, groups, is_admin, override, window)
+            same = None if window is not None else self.tenants.unchanged(name, groups, is_admin, override)
+            return same or self.loop.call(self._resolve_tenant, name, groups, is_admin, override, window)
         return resolve(None) if self.placement is None else self.placement.resolve(name, resolve)
 
     def _resolve_tenant(self, name: str, groups, is_admin: bool, override=None, window=None) -> Tenant:

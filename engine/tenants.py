@@ -184,6 +184,22 @@ class TenantRegistry:
         self._resolve(t)
         return t
 
+    def unchanged(self, name: str, groups: dict[str, dict] | None, is_admin: bool,
+                  override: tuple[int, dict | None]) -> Tenant | None:
+        """The live tenant ``name`` if ``resolve`` with these inputs would change nothing, else None.
+
+        Read off the loop: a returning tenant whose groups, admin flag and override are as they
+        were need not wait for a step boundary (a loop call) to learn what it already is; beside a
+        flood that wait was a whole step of every request's time to first token.
+        """
+        t = self.tenants.get(name)
+        version, fields = override
+        if t is None or version != self._override_versions.get(name, 0):
+            return None
+        if t.is_admin != is_admin or t.override != fields or (groups is not None and t.group_quotas != groups):
+            return None
+        return t
+
     def _resolve(self, t: Tenant) -> None:
         t.quota, t.quota_source = resolve_quota(self.defaults, t.group_quotas, t.override,
                                                 pools=self.pools, default_pool=self.default_pool)

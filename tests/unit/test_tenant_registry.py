@@ -54,3 +54,25 @@ def test_run_counters_reported_from_run_threads_are_applied_by_the_loop(engine):
     usage = engine.tenant_report("erin")["usage"]
     assert usage["active_runs"] == 3 and usage["fuel"] == 1234
     assert applied_on == [loop_thread]
+
+
+def test_a_returning_tenant_whose_inputs_are_unchanged_is_not_resolved_on_the_loop(engine):
+    groups = {"students": {"tokens_per_minute": 500}}
+    first = engine.tenant("fay", groups)
+    calls = []
+    real_call = engine.loop.call
+
+    def counting(fn, *args, **kw):
+        calls.append(getattr(fn, "__name__", fn))
+        return real_call(fn, *args, **kw)
+    engine.loop.call = counting
+    try:
+        # the same groups, admin flag and override: answered without waiting for a step boundary
+        assert engine.tenant("fay", groups) is first and calls == []
+        # anything that changes the quota still goes through the loop, which owns the tenant
+        again = engine.tenant("fay", {"students": {"tokens_per_minute": 900}})
+        assert again.quota.tokens_per_minute == 900 and calls == ["_resolve_tenant"]
+        assert engine.tenant("fay", {"students": {"tokens_per_minute": 900}}, is_admin=True).is_admin
+        assert calls == ["_resolve_tenant"] * 2
+    finally:
+        engine.loop.call = real_call
