@@ -181,7 +181,7 @@ class EngineRouter:
         The first engine that answers names the tenant's engine (``route`` in ``/api/me``, from
         the engines' shared view of who is alive), which must answer and agree. While that is
         still ``avoid``, or does not answer or agree, the engines have not all noticed the change
-        yet: ask again each second, up to ``wait``.
+        yet: ask again every quarter second, up to ``wait``.
         """
         deadline = time.monotonic() + self.wait
         while True:
@@ -204,7 +204,7 @@ class EngineRouter:
                 names = ", ".join([avoid] * bool(avoid) + silent) or "none"
                 raise NoEngine(f"no Potluck engine serves you now (not answering: {names}); "
                                "ask your hub admin")
-            time.sleep(1.0)
+            time.sleep(0.25)
 
     def _serves_itself(self, engine: str) -> bool:
         """``engine`` answers and its own view names itself: each engine refreshes its view of who
