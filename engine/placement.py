@@ -91,6 +91,7 @@ class Placement:
         # One seeding at a time: a moved tenant's concurrent first requests wait for its one seed.
         self._seed_lock = threading.Lock()
         self._stop = threading.Event()
+        self._leaving = False
         self._thread: threading.Thread | None = None
         self._last_error: str | None = None
         self._seen_live: set[str] | None = None     # every pool's live engines at the last beat (None: none yet)
@@ -117,6 +118,10 @@ class Placement:
 
     def stop(self) -> None:
         """Stop beating and mark this engine stopped: its tenants move to their next engine at once."""
+        with self._lock:
+            # From now on a request that still reaches this engine (a kept-alive connection) gets a
+            # 421 naming the tenant's next engine, instead of being admitted and cut off mid-shutdown.
+            self._leaving = True
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
@@ -195,7 +200,10 @@ class Placement:
         override = self._override_pools.get(tenant)
         pool = choose_pool(named_pools(groups, {"pool": override} if override else None), self.pools,
                            self.default_pool)
-        ranked = rendezvous_rank(tenant, self._live.get(pool, ()))
+        live = self._live.get(pool, ())
+        if self._leaving:
+            live = tuple(e for e in live if e != self.name)
+        ranked = rendezvous_rank(tenant, live)
         return Route(pool, ranked[0] if ranked else None)
 
     def serves(self, tenant: str, groups: dict[str, dict] | None = None) -> bool:

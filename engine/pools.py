@@ -196,7 +196,8 @@ class EngineRouter:
                 # None: no engine of the tenant's pool is live in the engines' view (yet)
                 target = route.get("engine") if "engine" in route else engine
                 known = target is not None and self.pools.pool_of(target) is not None
-                if known and target != avoid and (target == engine or self._serves_itself(target)):
+                # ``avoid`` again only once it answers for itself (it restarted within the wait)
+                if known and (target == engine or self._serves_itself(target)):
                     self.engine, self.pool = target, self.pools.pool_of(target)
                     return target
                 break
@@ -224,9 +225,15 @@ class EngineRouter:
         return new
 
     def follow(self, engine: str) -> str:
-        """An engine answered 421 naming ``engine`` as this tenant's: go there."""
-        if engine != self.engine and self.pools.pool_of(engine) is not None:
-            old, self.engine = self.engine, engine
-            self.pool = self.pools.pool_of(engine)
-            self._notice(f"Potluck: you are now served by engine {engine} (was {old})")
+        """An engine answered 421 naming ``engine`` as this tenant's: go there once it agrees (the
+        engines' views of who is alive may differ for a heartbeat), else ask them all again."""
+        if engine == self.engine or self.pools.pool_of(engine) is None:
+            return self.find()
+        old = self.engine
+        if self._serves_itself(engine):
+            self.engine, self.pool = engine, self.pools.pool_of(engine)
+        else:
+            self.find()
+        if self.engine != old:
+            self._notice(f"Potluck: you are now served by engine {self.engine} (was {old})")
         return self.engine

@@ -117,8 +117,12 @@ def configure(c, *, engine_url: str | None = None, url: str = DEFAULT_URL, engin
         the Hub starts any of several engines (external ones are configured where they run).
     """
     if pools is not None:
-        if engine_url is not None:
-            raise ValueError("give either engine_url (one engine) or pools, not both")
+        single = {"engine_url": engine_url, "api_token": api_token, "kernel_url": kernel_url,
+                  "name": name if name != SERVICE_NAME else None, "url": url if url != DEFAULT_URL else None}
+        given = [k for k, v in single.items() if v is not None]
+        if given:
+            raise ValueError(f"with pools, {', '.join(given)} belong(s) to each engine of a pool "
+                             "(engines: [{\"url\", \"api_token\", \"kernel_url\", ...}]), not to configure")
         engines, pool_map = _pool_engines(pools, default_pool, engine_args, data_dir, model, db_url)
     else:
         engines = [_single_engine(name, engine_url, url, engine_args, data_dir, model, api_token, kernel_url, db_url)]
@@ -249,9 +253,22 @@ def _pool_engines(pools: dict, default_pool, engine_args, data_dir, model, db_ur
             raise ValueError(f"pool {pool!r} needs engines: a list of URLs")
         if spec.get("accelerator"):
             accelerators[pool] = str(spec["accelerator"])
+        if not isinstance(spec.get("engine_args", []), (list, tuple)):
+            raise ValueError(f"pool {pool!r}: engine_args must be a list of arguments")
+        if not isinstance(spec.get("external", False), bool):
+            raise ValueError(f"pool {pool!r}: external must be True or False, got {spec['external']!r}")
         urls[pool] = {}
         for i, item in enumerate(items):
             item = {"url": item} if isinstance(item, str) else dict(item)
+            bad = set(item) - {"url", "kernel_url", "api_token", "external", "environment"}
+            if bad:
+                raise ValueError(f"pool {pool!r} engine {i}: unknown key(s) {', '.join(sorted(bad))} "
+                                 "(url, kernel_url, api_token, external, environment)")
+            for key, kind, what in (("environment", dict, "a mapping"), ("external", bool, "True or False")):
+                if key in item and not isinstance(item[key], kind):
+                    raise ValueError(f"pool {pool!r} engine {i}: {key} must be {what}")
+            if not isinstance(spec.get("environment", {}), dict):
+                raise ValueError(f"pool {pool!r}: environment must be a mapping")
             name = engine_service_name(pool, i)
             bind = _bind_url(item.get("url", ""), f"pool {pool!r} engine {i}'s url")
             if item.get("external", spec.get("external", False)):
@@ -269,7 +286,8 @@ def _pool_engines(pools: dict, default_pool, engine_args, data_dir, model, db_ur
                     service["environment"] = env
             if item.get("api_token"):
                 service["api_token"] = item["api_token"]
-            settings = {"PotluckEngine.pool": pool, "PotluckEngine.pools": json.dumps(order),
+            settings = {"PotluckEngine.engine_name": name, "PotluckEngine.pool": pool,
+                        "PotluckEngine.pools": json.dumps(order),
                         "PotluckEngine.default_pool": default_pool}
             if spec.get("accelerator"):
                 settings["PotluckEngine.accelerator"] = str(spec["accelerator"])
@@ -277,6 +295,12 @@ def _pool_engines(pools: dict, default_pool, engine_args, data_dir, model, db_ur
             engines.append({"service": service, "settings": settings, "kernel_url": kernel})
             urls[pool][name] = kernel
     # External engines read the database URL from their own settings; the Hub only passes it on.
+    seen: dict[str, str] = {}
+    for e in engines:
+        u = e["service"]["url"]
+        if u in seen:
+            raise ValueError(f"engines {seen[u]} and {e['service']['name']} have the same url {u}: one engine per address")
+        seen[u] = e["service"]["name"]
     if len(engines) > 1 and any("command" in e["service"] for e in engines) and not db_url:
         raise ValueError("several engines need db_url for the ones the Hub starts: every engine shares one "
                          "database (PostgreSQL) for tokens, quotas, usage and saved contexts")

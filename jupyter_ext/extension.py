@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from urllib.parse import urlparse
 
 from traitlets import Bool, Float, Unicode
@@ -66,12 +67,18 @@ class PotluckExtension(LoggingConfigurable):
         if self.engine_url:
             return self.engine_url.rstrip("/") + "/", "PotluckExtension.engine_url"
         if self.router is not None:
+            mine = self.router.pools.engine_at(os.environ.get("POTLUCK_URL", ""))
+            if mine is not None:          # this server found it already (e.g. for jupyter-ai)
+                self.router.engine, self.router.pool = mine, self.router.pools.pool_of(mine)
+            wait, self.router.wait = self.router.wait, 0.0   # one pass: never hold up the server's start
             try:
                 return self.router.url(), f"pool {self.router.pool!r}, engine {self.router.engine}"
             except NoEngine as e:
                 first = self.router.pools.first_contacts(self.router.tenant)[0]
                 self.notice = str(e)
                 return self.router.pools.url(first), f"the pool map ({e})"
+            finally:
+                self.router.wait = wait
         if os.environ.get("POTLUCK_URL"):
             return os.environ["POTLUCK_URL"].rstrip("/") + "/", "$POTLUCK_URL"
         if os.environ.get("JUPYTERHUB_API_TOKEN"):
@@ -94,7 +101,11 @@ class PotluckExtension(LoggingConfigurable):
         if not hasattr(self, "_router"):
             self._router = None
             self.notice = ""
-            pools = PoolMap.from_env()
+            try:
+                pools = PoolMap.from_env()
+            except ValueError as e:       # the server must start: say it, and route as with one engine
+                self.log.error("Potluck: %s; ask your hub admin", e)
+                pools = None
             if pools is not None and not self.engine_url:
                 import requests
                 session = requests.Session()
@@ -103,6 +114,7 @@ class PotluckExtension(LoggingConfigurable):
                 self._router = EngineRouter(pools, os.environ.get("JUPYTERHUB_USER", ""), http_probe(session),
                                             notice=self._moved, wait=10.0)
             self._route_lock = threading.Lock()
+            self._no_engine_until = 0.0
         return self._router
 
     def _moved(self, line: str) -> None:
@@ -118,6 +130,8 @@ class PotluckExtension(LoggingConfigurable):
         with self._route_lock:
             if router.engine is not None and router.pools.url(router.engine) != failed_url:
                 return router.pools.url(router.engine)       # another request moved us already
+            if time.monotonic() < self._no_engine_until:
+                return None         # a search just found nothing: don't queue every lab poll behind another
             try:
                 if engine is not None and router.pools.pool_of(engine) is not None:
                     router.follow(engine)
@@ -125,6 +139,7 @@ class PotluckExtension(LoggingConfigurable):
                     router.failed("connection refused")
             except NoEngine as e:
                 self._moved(str(e))
+                self._no_engine_until = time.monotonic() + 5.0
                 return None
             url = router.pools.url(router.engine)
             self.point_kernels_at(url)

@@ -18,6 +18,7 @@ engine that serves this user now (``PotluckExtension.reroute``).
 from __future__ import annotations
 
 import json
+import socket
 
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
@@ -71,8 +72,9 @@ class EngineProxyHandler(APIHandler):
         url = self.ext.url
         r, error = await self._fetch(url + path, method, headers, body)
         moved = None
-        # Gone (refused, reset: not a timeout, which may be a busy engine) or another's: move once.
-        if isinstance(error, OSError) or _wrong_engine(r) is not None:
+        # Never received (refused, no such host: not a reset, after which the engine may have
+        # acted on it, nor a timeout, which may be a busy engine) or another's: move once.
+        if isinstance(error, (ConnectionRefusedError, socket.gaierror)) or _wrong_engine(r) is not None:
             moved = await IOLoop.current().run_in_executor(
                 None, self.ext.reroute, url, None if error is not None else _wrong_engine(r))
         if moved is not None and moved != url:

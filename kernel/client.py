@@ -176,7 +176,10 @@ class Client:
         self.session = requests.Session()
         if self.token:
             self.session.headers["Authorization"] = f"token {self.token}"
-        pools = None if url else PoolMap.from_env()
+        try:
+            pools = None if url else PoolMap.from_env()
+        except ValueError as e:
+            raise PotluckError(f"{e}: ask your hub admin (or set POTLUCK_URL)", code="bad_pool_map") from None
         self.router = None
         if pools is not None:
             self.router = EngineRouter(pools, os.environ.get("JUPYTERHUB_USER", ""), http_probe(self.session),
@@ -212,7 +215,8 @@ class Client:
             if r.status_code not in ok:
                 err = error_from(r)
                 r.close()
-                misdirected = r.status_code == MISDIRECTED and err.code == WRONG_ENGINE
+                # A 421 naming no engine (none of the pool is live) is the answer itself: no move.
+                misdirected = r.status_code == MISDIRECTED and err.code == WRONG_ENGINE and err.engine
                 if attempt == 1 and misdirected and self._reroute(err.engine):
                     continue
                 raise err
@@ -221,8 +225,8 @@ class Client:
     def _reroute(self, engine: str | None = None) -> bool:
         """Several engines: move to the one that serves this user now (``engine`` if a 421 named it).
         True when the URL changed; new OpenAI clients in this kernel follow too."""
-        if self.router is None:
-            return False
+        if self.router is None or (self.router.engine is None and not engine):
+            return False        # POTLUCK_URL is not one of the pool map's engines: nothing to move from
         try:
             if engine:
                 self.router.follow(engine)
@@ -230,6 +234,11 @@ class Client:
                 self.router.failed("connection refused")
         except NoEngine as e:
             print(f"Potluck: {e}", file=sys.stderr, flush=True)
+            return False
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted while looking for the engine that serves you now: "
+                              "nothing was sent") from None
+        if self.router.engine is None:
             return False
         old, self.url = self.url, self.router.pools.url(self.router.engine)
         for key, was, now in (("POTLUCK_URL", old, self.url), ("OPENAI_BASE_URL", old + "v1", self.url + "v1")):

@@ -98,7 +98,9 @@ def test_each_engine_pod_is_told_what_configure_says_an_external_engine_needs(ca
             given.setdefault(key, []).append(value)
         for name in (n for n in needs if n.startswith(sts["metadata"]["name"] + "-")):
             for key, value in needs[name].items():
-                if key == "PotluckEngine.pools":
+                if key == "PotluckEngine.engine_name":
+                    assert value == name     # a pod gets it from its own name (potluck-pod sets JUPYTERHUB_SERVICE_NAME)
+                elif key == "PotluckEngine.pools":
                     assert given[key] == json.loads(value), key
                 elif key.endswith("seed_groups"):
                     assert json.loads(given[key][0]) == json.loads(value), key

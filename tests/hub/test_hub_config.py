@@ -138,7 +138,13 @@ def test_an_external_engine_keeps_the_token_z2jh_already_registered():
     ({"pools": {"cpu": {"engines": "http://a:1"}}}, "needs engines: a list of URLs"),
     ({"pools": {"cpu": {"engines": ["gpu-1"]}}}, "must be http://HOST:PORT"),
     ({"pools": {"cpu": {"engines": ["http://a:1"], "gpus": 2}}}, "unknown key(s) gpus"),
-    ({"pools": {"cpu": {"engines": ["http://a:1"]}}, "engine_url": "http://b:2"}, "either engine_url"),
+    ({"pools": {"cpu": {"engines": ["http://a:1"]}}, "engine_url": "http://b:2"}, "engine_url belong(s) to each engine"),
+    ({"pools": {"cpu": {"engines": ["http://a:1"]}}, "api_token": "t"}, "api_token belong(s) to each engine"),
+    ({"pools": {"cpu": {"engines": ["http://a:1", "http://a:1"]}}, "db_url": DB}, "have the same url http://a:1"),
+    ({"pools": {"cpu": {"engines": [{"url": "http://a:1", "kernel-url": "x"}]}}}, "unknown key(s) kernel-url"),
+    ({"pools": {"cpu": {"engines": ["http://a:1"], "engine_args": "--kv-pages=8"}}}, "engine_args must be a list"),
+    ({"pools": {"cpu": {"engines": ["http://a:1"], "external": "false"}}}, "external must be True or False"),
+    ({"pools": {"cpu": {"engines": [{"url": "http://a:1", "environment": "X=1"}]}}}, "environment must be a mapping"),
 ])
 def test_a_bad_pool_spec_is_one_clear_error(kw, message):
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -276,3 +276,14 @@ def test_minute_buckets_count_until_their_whole_minute_has_left_the_window(store
     window = p.seeded_window("ann", now=now)
     assert window.minute(now=now) == 25                      # the safe side: the minute may hold recent ones
     assert window.minute(now=now + 20) == 0                   # the whole minute is over 60 s ago
+
+
+def test_an_engine_that_is_stopping_sends_its_own_tenants_on_at_once(store):
+    clock = Clock()
+    register(store, clock, "cpu-a", "cpu-b")
+    a = placement(store, "cpu-a", clock)
+    a.refresh()
+    mine = [t for t in TENANTS if a.route(t).engine == "cpu-a"]
+    a.stop()      # a request still reaching it on a kept-alive connection must not be admitted
+    assert mine and all(a.route(t).engine == "cpu-b" for t in mine)
+    assert store.live_engines("cpu", 6.0, now=clock()) == ["cpu-b"]
