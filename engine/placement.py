@@ -92,6 +92,7 @@ class Placement:
         self._seed_lock = threading.Lock()
         self._stop = threading.Event()
         self._leaving = False
+        self._beat_ok = time.monotonic()          # when this engine's heartbeat last reached the database
         self._thread: threading.Thread | None = None
         self._last_error: str | None = None
         self._seen_live: set[str] | None = None     # every pool's live engines at the last beat (None: none yet)
@@ -155,6 +156,7 @@ class Placement:
         except Exception:       # the engine's counters mid-change: skip the load, never the heartbeat
             load = None
         self.store.engine_heartbeat(self.name, load, now=now)
+        self._beat_ok = time.monotonic()
         engines = self.store.list_engines(self.stale_seconds, now=now)
         override_pools = {user: f["pool"] for user, f in self.store.list_overrides().items() if f.get("pool")}
         live: dict[str, set[str]] = {}
@@ -201,7 +203,9 @@ class Placement:
         pool = choose_pool(named_pools(groups, {"pool": override} if override else None), self.pools,
                            self.default_pool)
         live = self._live.get(pool, ())
-        if self._leaving:
+        # Leaving, or its own heartbeat has not reached the database for stale_seconds (the others
+        # have taken its tenants by now): it steps aside rather than serve them a second time.
+        if self._leaving or time.monotonic() - self._beat_ok > self.stale_seconds:
             live = tuple(e for e in live if e != self.name)
         ranked = rendezvous_rank(tenant, live)
         return Route(pool, ranked[0] if ranked else None)

@@ -9,6 +9,8 @@ the shared ledger has for it.
 
 from __future__ import annotations
 
+import time
+
 from datetime import datetime, time as dtime, timedelta, timezone
 
 import pytest
@@ -287,3 +289,16 @@ def test_an_engine_that_is_stopping_sends_its_own_tenants_on_at_once(store):
     a.stop()      # a request still reaching it on a kept-alive connection must not be admitted
     assert mine and all(a.route(t).engine == "cpu-b" for t in mine)
     assert store.live_engines("cpu", 6.0, now=clock()) == ["cpu-b"]
+
+
+def test_an_engine_whose_heartbeat_fails_steps_aside(store, monkeypatch):
+    clock = Clock()
+    register(store, clock, "cpu-a", "cpu-b")
+    a = placement(store, "cpu-a", clock)
+    a.refresh()
+    mine = [t for t in TENANTS if a.route(t).engine == "cpu-a"]
+    # its heartbeat has not reached the database for longer than stale_seconds: the others have
+    # taken its tenants, so it must not serve them a second time (two token windows)
+    real = time.monotonic
+    monkeypatch.setattr(time, "monotonic", lambda: real() + 7)
+    assert mine and all(a.route(t).engine == "cpu-b" for t in mine)
