@@ -24,12 +24,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from .locks import lock_key
 from .tables import Base
 
 T = TypeVar("T")
@@ -114,6 +115,10 @@ def migrate(engine) -> str:
                          "reinstall jupyter-potluck")
     head = ScriptDirectory.from_config(cfg).get_current_head()
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Engines of a hub start together on one database: the first migrates, the others wait
+            # for its commit and find it done (two at once collided on creating the same tables).
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key("migrate", "")})
         cfg.attributes["connection"] = conn
         current = MigrationContext.configure(conn).get_current_revision()
         if current is None and not inspect(conn).has_table(FIRST_RELEASE_TABLE):

@@ -103,3 +103,26 @@ def test_a_database_at_revision_0002_gets_the_runs_engine_column_and_keeps_its_r
         assert store.get_run("bob", "r3")["state"] == "running"
     finally:
         store.close()
+
+
+def test_engines_starting_together_on_a_new_database_migrate_it_once(postgres):
+    """Several engines of a hub start at once on one fresh PostgreSQL database: one creates the
+    schema, the others wait for it and find it done (they used to collide on the same tables)."""
+    import threading
+    from potluck.engine.store import Store
+    url = postgres.create_database()
+    errors, stores = [], []
+
+    def start():
+        try:
+            stores.append(Store(url))
+        except Exception as e:          # noqa: BLE001 (the test reports whatever a start raised)
+            errors.append(e)
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in stores:
+        s.close()
+    assert errors == [] and len(stores) == 4
