@@ -33,6 +33,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from .accelerator import Device, Profile, choose_profile, detect_device, kv_pool_pages
+from . import cpu_linear
 from .constraints import Constraint, ConstraintCompiler
 from .pages import Context, KvPool
 from .sampling import Sample, Sampler, sample
@@ -125,6 +126,7 @@ class ModelRunner:
         self.vocab_size = model.config.vocab_size
         self.constraints = constraints
         model.set_attn_implementation(ATTN_NAME)
+        self.weight_first = cpu_linear.choose(model) if self.device.type == "cpu" else False
         # A prepared 4-D mask makes transformers' mask builder return at once;
         # our attention function ignores it.
         self._no_mask = torch.zeros((1, 1, 1, 1), dtype=torch.bool, device=self.device)
