@@ -49,14 +49,16 @@ from .scheduler import BATCH, FairScheduler, Schedulable
 
 # seconds = fixed + prefill_token * P + decode_seq * D + prefill_chunk * C + decode_key * K
 #           + prefill_pair * Q.
-# A start only: fitted to the default 135M model's steps on a 2-core CPU (float32). A prefill chunk
-# pays its own gather, mask and attention call in every layer (~25 ms here); a decode reads its
+# A start only: fitted to the default 135M model's steps on a 2-core CPU (float32, small batches in
+# the layout ``cpu_linear`` picks; 1086 steps of a prefill and a decode flood with a light user,
+# 7% mean error). A prefill chunk pays its own gather, mask and attention call in every layer
+# (~12 ms here); a decode reads its
 # batch's longest context (the decode gather is padded), so its keys are decodes x longest context;
 # a chunk after ``s`` cached tokens attends n x (s + n) query-key pairs (a 900-token prompt's last
 # chunk spends a third of its time there). A GPU is orders of magnitude faster, and the online fit
 # replaces these within a few dozen steps. Targets are ratios of two predictions, so a wrong scale
 # alone does not mislead the composer.
-PRIOR = (0.057, 0.0009, 0.0018, 0.025, 0.000013, 0.0000012)
+PRIOR = (0.026, 0.0019, 0.0057, 0.012, 0.0000045, 0.0000012)
 WINDOW = 256          # measured steps the fit remembers
 REFIT_EVERY = 8       # steps between fits
 # How strongly the prior's *proportions* hold each term, in steps' worth of evidence: enough to
@@ -251,12 +253,19 @@ class StepComposer:
                 return n if req.tenant in light and req.priority < BATCH and admit(req, n) else 0
             picked = scheduler.schedule(budget, max_seqs, first)
             shape = self._shape(picked)
+            alone = self.cost.predict(shape)
             # Never below what moves one piece of the others' work (a decode, a 2-token chunk): the
             # rest wait within the target but are never starved by a light user who never leaves.
-            target = max(self.target_for(self.cost.predict(shape)), self._least_more(scheduler, shape, light))
+            least = self._least_more(scheduler, shape, light)
+            target = max(self.target_for(alone), least)
             # A light user's next request usually follows soon (the next chat turn, the next cell):
             # steps stay short a moment longer, so it does not arrive in the middle of a long one.
             self._hold_until, self._hold_target = now + HOLD_SECONDS, target
+            # A new request has already waited (for the step in flight, for its prompt to be read):
+            # that wait was spent from its target, so its first step gets only the rest, down to its
+            # own work plus the one piece of the others'. A decode fed back at once has waited ~0.
+            waited = max((now - req.queued_at for req, _ in picked), default=0.0)
+            target = max(target - waited, alone, least)
         elif now < self._hold_until:
             picked, shape, target = [], StepShape(), self._hold_target
         else:

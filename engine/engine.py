@@ -180,6 +180,7 @@ class Engine(EngineReports):
         ``listener(i, event)`` is registered before anything is queued, so it sees every event.
         """
         called = time.time()   # time to first token counts the wait for the loop too
+        arrived = time.monotonic()
         t = self._tenant_obj(tenant)
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES:
             raise BadRequest(f"n must be an integer from 1 to {MAX_CHOICES}, got {n!r}", code="invalid_n", param="n")
@@ -222,7 +223,7 @@ class Engine(EngineReports):
                 for g in gens:
                     g.finish("cancelled")
                 raise
-            gens[0].start()
+            gens[0].start(arrived)
             for g in gens[1:]:
                 g.follow(gens[0], self._fork_prompt)
             return gens

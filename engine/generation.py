@@ -149,8 +149,9 @@ class Generation:
                 pass
 
     # ------------------------------------------------------ on the loop
-    def start(self) -> None:
-        self.cached_tokens = self._loop.submit(self.seq, self.prompt)
+    def start(self, arrived: float | None = None) -> None:
+        """Queue the prompt; ``arrived`` (``time.monotonic()``) is when the request reached the engine."""
+        self.cached_tokens = self._loop.submit(self.seq, self.prompt, arrived)
 
     def follow(self, leader: "Generation", fork: Callable[["Generation", "Generation"], None]) -> None:
         """Start from ``leader``'s prompt once it is computed: ``fork(leader, self)`` then does it."""

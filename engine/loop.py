@@ -97,9 +97,15 @@ class BatchLoop:
             self._commands.put((fn, args, None))
 
     # ------------------------------------------------------------ sequences
-    def submit(self, seq: Sequence, tokens: list[int]) -> int:
-        """Queue ``tokens`` as ``seq``'s next feed; returns how many prompt tokens the prefix cache had."""
+    def submit(self, seq: Sequence, tokens: list[int], arrived: float | None = None) -> int:
+        """Queue ``tokens`` as ``seq``'s next feed; returns how many prompt tokens the prefix cache had.
+
+        ``arrived`` (``time.monotonic()``): when the request reached the engine, if before now (it waited
+        for the step in flight): the composer counts that wait against the request's latency target.
+        """
         seq.feed(tokens, next(self._arrivals))
+        if arrived is not None:
+            seq.queued_at = min(seq.queued_at, arrived)
         # A scored feed computes every position: cached pages would have no logits to give.
         matched = 0 if seq.decode or seq.score >= 0 else self.rt.pool.reuse_prefix(seq.ctx, tokens)
         if matched:

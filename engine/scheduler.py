@@ -35,6 +35,7 @@ class Schedulable(Protocol):
     tenant: str
     priority: int
     arrival: int
+    queued_at: float      # time.monotonic() when this feed was queued (the composer counts its wait)
     remaining: int        # tokens still to feed
     decode: bool          # the fed token is the previous output (already charged as output)
     samples: bool         # produces an output token when its last chunk runs

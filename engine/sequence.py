@@ -18,6 +18,7 @@ This module never touches the scheduler's queues, pages or the model.
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable
@@ -43,6 +44,7 @@ class Sequence:
     tokens: list[int] = field(default_factory=list)   # the current feed
     fed: int = 0
     arrival: int = 0
+    queued_at: float = 0.0                       # time.monotonic() when the current feed was queued
     decode: bool = False
     last_sample: int | None = None               # what the last step sampled for this sequence
     queued: bool = False                         # a feed is waiting in the scheduler or running
@@ -79,6 +81,7 @@ class Sequence:
         self.tokens = tokens
         self.fed = 0
         self.arrival = arrival
+        self.queued_at = time.monotonic()
         self.queued = True
 
     def done(self, sample: Sample | None, err: PotluckError | None) -> None:

@@ -24,6 +24,7 @@ class Req:
     samples: bool = True
     priority: int = INTERACTIVE
     arrival: int = 0
+    queued_at: float = 1000.0       # the Clock's start: no wait unless a test says so
 
     def __post_init__(self):
         self.arrival = next(_arrivals)
@@ -347,3 +348,37 @@ def test_a_flood_whose_every_piece_is_longer_than_the_target_still_moves_each_he
         for r, _ in picked:
             sched.remove(r)
 
+
+
+def test_a_new_request_that_waited_for_the_step_in_flight_gets_a_step_shortened_by_that_wait():
+    clock = Clock()
+    sched, comp = FairScheduler(), composer(clock=clock)
+    prefill_flood(sched)
+    light = Req("light", 12, decode=False, context=0)
+    sched.add(light)
+    alone = alone_cost(comp, [light])
+    _, fresh = comp.compose(sched, budget=256, max_seqs=256, admit=lambda r, n: True)
+    assert fresh.target == 2 * alone
+
+    # The same prompt, having waited a third of its alone time: the step gets a third less room.
+    sched2, comp2 = FairScheduler(), composer(clock=clock)
+    prefill_flood(sched2)
+    late = Req("light", 12, decode=False, context=0, queued_at=clock.t - alone / 3)
+    sched2.add(late)
+    picked, plan = comp2.compose(sched2, budget=256, max_seqs=256, admit=lambda r, n: True)
+    assert abs(plan.target - (2 * alone - alone / 3)) < 1e-9 and plan.predicted <= plan.target
+
+    # Having waited longer than its whole target: its own work and one piece of the flood's, no more.
+    sched3, comp3 = FairScheduler(), composer(clock=clock)
+    flood = prefill_flood(sched3)
+    later = Req("light", 12, decode=False, context=0, queued_at=clock.t - 1.0)
+    sched3.add(later)
+    picked, plan = comp3.compose(sched3, budget=256, max_seqs=256, admit=lambda r, n: True)
+    assert later in [r for r, _ in picked]
+    assert [n for r, n in picked if r.tenant == "heavy"] == [2] and picked[-1][0] is flood[0]
+    assert plan.target < 2 * alone and plan.predicted <= plan.target
+    # The steps held after it keep the whole target: the wait was this request's, not the next one's.
+    for r, _ in picked:
+        sched3.remove(r)
+    _, held = comp3.compose(sched3, budget=256, max_seqs=256, admit=lambda r, n: True)
+    assert held.target >= 2 * alone
