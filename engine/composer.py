@@ -48,17 +48,21 @@ import numpy as np
 from .scheduler import BATCH, FairScheduler, Schedulable
 
 # seconds = fixed + prefill_token * P + decode_seq * D + prefill_chunk * C + decode_key * K
-#           + prefill_pair * Q.
+#           + prefill_pair * Q + min(rows, SMALL_STEP_ROWS) * S.
 # A start only: fitted to the default 135M model's steps on a 2-core CPU (float32, small batches in
-# the layout ``cpu_linear`` picks; 1086 steps of a prefill and a decode flood with a light user,
-# 7% mean error). A prefill chunk pays its own gather, mask and attention call in every layer
-# (~12 ms here); a decode reads its
+# the layout ``cpu_linear`` picks; ~1400 steps of floods with a light user beside). A step's first
+# rows (tokens through the linear layers) cost more each than later ones: a few rows only stream
+# the weights, more rows reuse them (on this CPU ~5 ms a row for the first 16, ~1.5 after). Without
+# that term a fit over mostly large steps puts the difference into the fixed cost and predicts a
+# lone decode at 40 ms instead of 31, which loosens every light user's target. A prefill chunk pays
+# its own gather, mask and attention call in every layer; a decode reads its
 # batch's longest context (the decode gather is padded), so its keys are decodes x longest context;
 # a chunk after ``s`` cached tokens attends n x (s + n) query-key pairs (a 900-token prompt's last
 # chunk spends a third of its time there). A GPU is orders of magnitude faster, and the online fit
 # replaces these within a few dozen steps. Targets are ratios of two predictions, so a wrong scale
 # alone does not mislead the composer.
-PRIOR = (0.026, 0.0019, 0.0057, 0.012, 0.0000045, 0.0000012)
+PRIOR = (0.0245, 0.0013, 0.0020, 0.005, 0.0000043, 0.0000004, 0.0038)
+SMALL_STEP_ROWS = 16
 WINDOW = 256          # measured steps the fit remembers
 REFIT_EVERY = 8       # steps between fits
 # How strongly the prior's *proportions* hold each term, in steps' worth of evidence: enough to
@@ -88,7 +92,8 @@ class StepShape:
 
     def features(self) -> np.ndarray:
         return np.array([1.0, self.prefill_tokens, self.decode_seqs, self.prefill_chunks,
-                         self.decode_seqs * self.decode_context, self.prefill_pairs])
+                         self.decode_seqs * self.decode_context, self.prefill_pairs,
+                         min(self.prefill_tokens + self.decode_seqs, SMALL_STEP_ROWS)])
 
     def plus(self, context: int, n: int) -> "StepShape":
         """This step with one more sequence feeding ``n`` tokens after ``context`` tokens."""
@@ -112,13 +117,23 @@ class CostModel:
     def predict(self, shape: StepShape) -> float:
         # Plain floats: this runs for every pending sequence each step, numpy's call overhead would dominate.
         c = self._c
+        rows = shape.prefill_tokens + shape.decode_seqs
         return (c[0] + c[1] * shape.prefill_tokens + c[2] * shape.decode_seqs + c[3] * shape.prefill_chunks
-                + c[4] * shape.decode_seqs * shape.decode_context + c[5] * shape.prefill_pairs)
+                + c[4] * shape.decode_seqs * shape.decode_context + c[5] * shape.prefill_pairs
+                + c[6] * (rows if rows < SMALL_STEP_ROWS else SMALL_STEP_ROWS))
 
     @property
     def fixed(self) -> float:
         """What every step pays, whatever it carries."""
         return self._c[0]
+
+    def overhead(self, chunks: int) -> float:
+        """What a step of more than ``SMALL_STEP_ROWS`` rows and ``chunks`` prompt chunks pays whatever its size.
+
+        The fixed cost, each chunk's own, and the first rows' extra: what cutting such a step does not save.
+        """
+        c = self._c
+        return c[0] + c[3] * chunks + c[6] * SMALL_STEP_ROWS
 
     def observe(self, shape: StepShape, seconds: float) -> None:
         self._x.append(shape.features())
@@ -203,16 +218,17 @@ class StepComposer:
         whole budget would make of the pending work (``t_full``) are about
         ``(1 - fixed / t) / (1 - fixed / t_full)``. The cap is the ``t`` where that equals
         ``efficiency``: ``fixed / (1 - efficiency * (1 - fixed / t_full))``, but never below twice
-        the target of a light user's lone decode step: a step that short is not worth cutting (a
-        decode flood's steps are left whole).
+        the target of a light user's lone decode step: a step that short is not worth cutting. Only
+        steps carrying a prompt chunk are cut (a decode flood's steps are left whole: they are short
+        already, and a deferred decode is a stream stalled for a step).
         """
         if not self.enabled or self.efficiency >= 1:
             return None
         full = self._walk((req for q in scheduler.queues.values() for req in q), budget, max_seqs)
+        if not full.prefill_chunks:
+            return None
         t_full = self.cost.predict(full)
-        # What a cut step pays whatever its size: the step's fixed cost, and a prompt chunk's own if
-        # the full step carries one (the cut step still will).
-        fixed = self.cost.predict(StepShape(prefill_chunks=min(full.prefill_chunks, 1)))
+        fixed = self.cost.overhead(chunks=1)
         cap = max(fixed / (1 - self.efficiency * (1 - fixed / t_full)),
                   2 * self.target_for(self.cost.predict(StepShape().plus(0, 1))))
         return cap if cap < t_full else None
