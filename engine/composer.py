@@ -279,8 +279,9 @@ class StepComposer:
             self._hold_until, self._hold_target = now + HOLD_SECONDS, target
             # A new request has already waited (for the step in flight, for its prompt to be read):
             # that wait was spent from its target, so its first step gets only the rest, down to its
-            # own work plus the one piece of the others'. A decode fed back at once has waited ~0.
-            waited = max((now - req.queued_at for req, _ in picked), default=0.0)
+            # own work plus the one piece of the others'. A decode was fed back as the last step
+            # ended: what it waited is the loop's own overhead, which it has alone too.
+            waited = max((now - req.queued_at for req, _ in picked if not req.decode), default=0.0)
             target = max(target - waited, alone, least)
         elif now < self._hold_until:
             picked, shape, target = [], StepShape(), self._hold_target

@@ -404,3 +404,13 @@ def test_a_new_request_that_waited_for_the_step_in_flight_gets_a_step_shortened_
         sched3.remove(r)
     _, held = comp3.compose(sched3, budget=256, max_seqs=256, admit=lambda r, n: True)
     assert held.target >= 2 * alone
+
+
+def test_a_decode_fed_back_a_moment_ago_keeps_its_whole_target():
+    clock = Clock()
+    sched, comp = FairScheduler(), composer(clock=clock)
+    prefill_flood(sched)
+    light = Req("light", 1, decode=True, context=40, queued_at=clock.t - 0.02)
+    sched.add(light)
+    _, plan = comp.compose(sched, budget=256, max_seqs=256, admit=lambda r, n: True)
+    assert plan.target == 2 * alone_cost(comp, [light])
