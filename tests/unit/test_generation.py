@@ -102,3 +102,20 @@ def test_prefix_cache_never_matches_another_tenants_pages(engine):
     engine.generate("alice", tokens=prompt, max_tokens=2).result()
     other = engine.generate("bob", tokens=prompt, max_tokens=2).result()
     assert other.cached_tokens == 0
+
+
+def test_a_new_requests_feed_counts_its_wait_from_when_it_reached_the_engine(engine):
+    # The composer spends a new request's wait (for the step in flight) from its latency target.
+    seen = []
+    submit = engine.loop.submit
+
+    def spy(seq, tokens, arrived=None):
+        cached = submit(seq, tokens, arrived)
+        seen.append((len(tokens), arrived, seq.queued_at, time.monotonic()))
+        return cached
+    engine.loop.submit = spy
+    before = time.monotonic()
+    engine.generate("alice", tokens=list(range(10, 30)), max_tokens=3, ignore_eos=True).result(timeout=60)
+    (n, arrived, queued_at, at), *decodes = seen
+    assert n == 20 and before <= arrived == queued_at <= at
+    assert decodes and all(a is None and q <= t for _, a, q, t in decodes)
