@@ -178,6 +178,7 @@ class StepPlan:
     target: float | None        # None: no latency-sensitive work, only the flood cap applied
     sensitive_tenants: tuple[str, ...] = ()
     cap: float | None = None    # the flood cap of a step without latency-sensitive work
+    held_to: float | None = None  # what the step was filled to: the target less a new request's wait
 
 
 Admit = Callable[[Schedulable, int], bool]
@@ -282,9 +283,10 @@ class StepComposer:
             # own work plus the one piece of the others'. A decode was fed back as the last step
             # ended: what it waited is the loop's own overhead, which it has alone too.
             waited = max((now - req.queued_at for req, _ in picked if not req.decode), default=0.0)
-            target = max(target - waited, alone, least)
+            held_to = max(target - waited, alone, least)
         elif now < self._hold_until:
             picked, shape, target = [], StepShape(), self._hold_target
+            held_to = target
         else:
             cap = self.flood_cap(scheduler, budget, max_seqs)
             if cap is None:
@@ -292,6 +294,7 @@ class StepComposer:
                 shape = self._shape(picked)
                 return picked, StepPlan(shape, self.cost.predict(shape), None)
             picked, shape, target = [], StepShape(), cap
+            held_to = cap
 
         # Pass 2: everything else in fair order, only while the predicted step fits the target.
         state = {"shape": shape}
@@ -300,7 +303,7 @@ class StepComposer:
         def fill(req: Schedulable, n: int) -> int:
             if id(req) in first_pass:
                 return 0
-            k = self._fit(state["shape"], self.context_of(req), n, target)
+            k = self._fit(state["shape"], self.context_of(req), n, held_to)
             if k and admit(req, k):
                 state["shape"] = state["shape"].plus(self.context_of(req), k)
                 return k
@@ -314,7 +317,8 @@ class StepComposer:
         shape = self._shape(picked)
         if cap is not None:
             return picked, StepPlan(shape, self.cost.predict(shape), None, cap=cap)
-        return picked, StepPlan(shape, self.cost.predict(shape), target, tuple(sorted(light)))
+        # ``target`` is the promise (what metrics compare the step with); ``held_to`` what it was filled to.
+        return picked, StepPlan(shape, self.cost.predict(shape), target, tuple(sorted(light)), held_to=held_to)
 
     def _least_more(self, scheduler: FairScheduler, shape: StepShape, light: set[str]) -> float:
         """The predicted time of ``shape`` plus the cheapest first piece of another tenant's work."""

@@ -6,8 +6,8 @@ BLAS reads them depends on how the product is asked for. With the MKL that PyTor
 CPU wheels carry, on the AMD EPYC these benchmarks ran on, ``F.linear`` (``x @ W.T``)
 of 1 to 8 rows read the weights at ~11 GB/s, and 2 rows cost 1.6x as much as 1,
 while the same product asked for as ``W @ x.T`` ran at ~33 GB/s. With the default
-model a one-token decode step went from 56 to 30 ms and a two-token one from 87 to
-30 ms. That matters beyond speed: when a light user's decode shares a step with one
+model a one-token decode step went from 56 to 32 ms and a two-token one from 87 to
+32 ms. That matters beyond speed: when a light user's decode shares a step with one
 token of somebody else's, the step must not cost 1.6x the step it would make alone.
 
 Which layout is faster depends on the CPU and the BLAS, so ``choose`` measures both on
@@ -30,6 +30,7 @@ log = logging.getLogger("potluck.engine")
 
 SMALL_ROWS = 64         # measured: faster or equal up to 64 rows, slower at 256
 MIN_GAIN = 1.2          # keep F.linear unless the other layout is clearly faster
+TIMED_BYTES = 256 << 20
 
 
 def _weight_first(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -39,14 +40,16 @@ def _weight_first(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     x2 = x.reshape(rows, x.shape[-1])
     if rows == 1:
         x2 = torch.cat([x2, x2])
-    y = torch.matmul(self.weight, x2.t())[:, :rows].t()
-    if self.bias is not None:
-        y = y + self.bias
-    return y.contiguous().view(*x.shape[:-1], y.shape[-1])
+    if self.bias is None:
+        y = torch.matmul(self.weight, x2.t())
+    else:
+        y = torch.addmm(self.bias[:, None], self.weight, x2.t())
+    return y[:, :rows].t().contiguous().view(*x.shape[:-1], y.shape[0])
 
 
 def _time_layout(layers: list[torch.nn.Linear], rows: int, forward) -> float:
-    x = torch.randn(rows, layers[0].in_features, dtype=layers[0].weight.dtype)
+    # Not torch.randn: the global random state is the users' (a seed set before the engine starts).
+    x = torch.ones(rows, layers[0].in_features, dtype=layers[0].weight.dtype)
     best = float("inf")
     with torch.inference_mode():
         for _ in range(3):
@@ -60,8 +63,9 @@ def _time_layout(layers: list[torch.nn.Linear], rows: int, forward) -> float:
 def choose(model: torch.nn.Module) -> bool:
     """On a CPU, give the model's linear layers the faster small-batch layout; True if it changed.
 
-    Timed on the largest weight shape the model repeats in every layer (its MLP's), over all the
-    layers so the weights come from memory as in a step, for 1 and 4 rows: ~0.1 s at load.
+    Timed on the largest weight shape the model repeats in every layer (its MLP's), over as many
+    layers as make ~256 MB (more than any CPU cache, so the weights come from memory as in a
+    step), for 1 and 4 rows: ~0.1 s at load for the default model, under a second for any.
     """
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     if not linears or linears[0].weight.device.type != "cpu":
@@ -71,6 +75,8 @@ def choose(model: torch.nn.Module) -> bool:
         by_shape.setdefault(tuple(m.weight.shape), []).append(m)
     repeated = [ms for ms in by_shape.values() if len(ms) > 1] or list(by_shape.values())
     layers = max(repeated, key=lambda ms: ms[0].weight.numel() * len(ms))
+    each = layers[0].weight.numel() * layers[0].weight.element_size()
+    layers = layers[:max(2, TIMED_BYTES // each)]
     base = alt = 0.0
     for rows in (1, 4):
         base += _time_layout(layers, rows, lambda m, x: F.linear(x, m.weight, m.bias))

@@ -326,6 +326,7 @@ class Engine(EngineReports):
         One future per call, in order; a call that cannot be queued (a context
         not found or busy, a rate limit) gets a future holding its error.
         """
+        arrived = time.monotonic()
         t = self._tenant_obj(tenant)
         for _, tokens, sampler in calls:
             check_tokens(tokens, self.vocab_size)
@@ -337,7 +338,7 @@ class Engine(EngineReports):
         def submit():
             for (ctx_id, tokens, sampler), fut in zip(calls, futs):
                 try:
-                    self._enqueue_forward(t, ctx_id, tokens, sampler, prio, fut)
+                    self._enqueue_forward(t, ctx_id, tokens, sampler, prio, fut, arrived)
                 except PotluckError as e:
                     if single:
                         raise
@@ -346,7 +347,7 @@ class Engine(EngineReports):
         return futs
 
     def _enqueue_forward(self, t: Tenant, ctx_id: int, tokens: list[int], sampler: Sampler | None,
-                         prio: int, fut: Future) -> None:
+                         prio: int, fut: Future, arrived: float) -> None:
         seq = self.contexts.get_on_loop(t.name, ctx_id)
         if seq.queued:
             raise BadRequest("a forward call on this context is already running", code="context_busy")
@@ -358,7 +359,7 @@ class Engine(EngineReports):
         seq.cancelled = False
         seq.future = fut
         seq.use_sampler(sampler, self.contexts.device)
-        self.loop.submit(seq, tokens)
+        self.loop.submit(seq, tokens, arrived)
 
     def _forward_done(self, seq: Sequence, sample, err: PotluckError | None) -> None:
         fut, seq.future = seq.future, None

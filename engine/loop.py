@@ -248,10 +248,13 @@ class BatchLoop:
         seconds = time.perf_counter() - t0
         self.composer.cost.observe(plan.shape, seconds)
         usage = self._commit(picked, chunks, results, seconds)
+        now = time.monotonic()
         for (seq, n), res in zip(picked, results):
             if seq.remaining == 0:
                 self.scheduler.remove(seq)
                 seq.done(res, None)
+            else:
+                seq.queued_at = now     # the rest of a prompt goes on at once: its wait was counted
         if self.step_listeners:
             info = {"seqs": len(picked), "tokens": sum(n for _, n in picked), "seconds": seconds, "usage": usage,
                     "decode_seqs": plan.shape.decode_seqs,

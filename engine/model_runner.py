@@ -126,7 +126,8 @@ class ModelRunner:
         self.vocab_size = model.config.vocab_size
         self.constraints = constraints
         model.set_attn_implementation(ATTN_NAME)
-        self.weight_first = cpu_linear.choose(model) if self.device.type == "cpu" else False
+        if self.device.type == "cpu":
+            cpu_linear.choose(model)
         # A prepared 4-D mask makes transformers' mask builder return at once;
         # our attention function ignores it.
         self._no_mask = torch.zeros((1, 1, 1, 1), dtype=torch.bool, device=self.device)

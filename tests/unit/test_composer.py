@@ -380,7 +380,7 @@ def test_a_new_request_that_waited_for_the_step_in_flight_gets_a_step_shortened_
     sched.add(light)
     alone = alone_cost(comp, [light])
     _, fresh = comp.compose(sched, budget=256, max_seqs=256, admit=lambda r, n: True)
-    assert fresh.target == 2 * alone
+    assert fresh.target == fresh.held_to == 2 * alone
 
     # The same prompt, having waited a third of its alone time: the step gets a third less room.
     sched2, comp2 = FairScheduler(), composer(clock=clock)
@@ -388,7 +388,8 @@ def test_a_new_request_that_waited_for_the_step_in_flight_gets_a_step_shortened_
     late = Req("light", 12, decode=False, context=0, queued_at=clock.t - alone / 3)
     sched2.add(late)
     picked, plan = comp2.compose(sched2, budget=256, max_seqs=256, admit=lambda r, n: True)
-    assert abs(plan.target - (2 * alone - alone / 3)) < 1e-9 and plan.predicted <= plan.target
+    assert plan.target == 2 * alone and abs(plan.held_to - (2 * alone - alone / 3)) < 1e-9
+    assert plan.predicted <= plan.held_to
 
     # Having waited longer than its whole target: its own work and one piece of the flood's, no more.
     sched3, comp3 = FairScheduler(), composer(clock=clock)
@@ -398,7 +399,7 @@ def test_a_new_request_that_waited_for_the_step_in_flight_gets_a_step_shortened_
     picked, plan = comp3.compose(sched3, budget=256, max_seqs=256, admit=lambda r, n: True)
     assert later in [r for r, _ in picked]
     assert [n for r, n in picked if r.tenant == "heavy"] == [2] and picked[-1][0] is flood[0]
-    assert plan.target < 2 * alone and plan.predicted <= plan.target
+    assert plan.held_to < 2 * alone and plan.predicted <= plan.held_to
     # The steps held after it keep the whole target: the wait was this request's, not the next one's.
     for r, _ in picked:
         sched3.remove(r)

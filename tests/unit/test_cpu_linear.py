@@ -22,6 +22,9 @@ def test_weight_first_layout_gives_the_products_of_f_linear_for_every_row_count(
             want = F.linear(x, layer.weight, layer.bias)
             assert got.shape == want.shape and got.is_contiguous()
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        for x in (torch.randn(64), torch.randn(64, 5).t()):        # one vector; rows not contiguous
+            torch.testing.assert_close(cpu_linear._weight_first(layer, x), F.linear(x, layer.weight, layer.bias),
+                                       rtol=1e-5, atol=1e-5)
 
 
 def test_choose_installs_the_faster_layout_and_undoes_it_when_slower(monkeypatch):
