@@ -7,7 +7,8 @@ cannot see that; this module measures *time*.
 
 - ``CostModel`` predicts a step's seconds from what it carries (a fixed cost,
   per prefill token, per decode sequence, per prefill chunk, the keys the
-  decodes read, the query-key pairs of the prefill chunks), fitted online
+  decodes read, the query-key pairs of the prefill chunks, and the extra of a
+  step's first rows), fitted online
   from the engine's own measured steps, starting from a prior and pulled
   back towards it where the steps seen so far cannot tell the terms apart.
 - ``StepComposer`` builds each step in two passes over the scheduler's fair
@@ -17,16 +18,16 @@ cannot see that; this module measures *time*.
   holding the step to it helps; a flood, even a decode flood whose 24 tokens
   fit one step's token budget, is not sensitive). If there is such work the
   step gets a target: ``latency_target_factor`` x the time that work would
-  take alone (or ``latency_target_ms``, never below that time). Then the rest
-  in fair order, only while the predicted step fits the target: prefill
-  chunks are cut to fit, decodes that do not fit wait for the next step.
-  Without latency-sensitive work (for ``HOLD_SECONDS`` after the last) a
-  step is cut only to the *flood cap*: the shortest step whose predicted
-  tokens/s are still ``FLOOD_STEP_EFFICIENCY`` of a full-budget step's. A
-  newcomer's first token waits for the step in flight; on a CPU a full
-  256-token step is ~0.5 s, the cap ~0.25 s for ~10% of a lone flood's
-  tokens/s (on a GPU, where the fixed cost is a small share, the cap is near
-  the full step).
+  take alone (or ``latency_target_ms``, never below that time), less what a
+  new request already waited before its first step. Then the rest in fair
+  order, only while the predicted step fits: prefill chunks are cut to fit,
+  decodes that do not fit wait for the next step. Without latency-sensitive
+  work (for ``HOLD_SECONDS`` after the last) a step carrying a prompt chunk
+  is cut only to the *flood cap*: the shortest step whose predicted tokens/s
+  are still ``FLOOD_STEP_EFFICIENCY`` of a full-budget step's. A newcomer's
+  first token waits for the step in flight; on a CPU a full 256-token step is
+  ~0.5 s, the cap ~0.35 s for ~10% of a lone flood's tokens/s (on a GPU, where
+  the fixed cost is a small share, the cap is near the full step).
 
 Charging stays in tokens (the scheduler's ``charge``): the second pass serves
 backlogged tenants in VTC order, so the bound on their service difference
@@ -77,7 +78,7 @@ BOUND = 10.0
 HOLD_SECONDS = 1.0
 # Without latency-sensitive work a step may run until its predicted tokens/s fall to this fraction
 # of a full-budget step's: a trade between a lone flood's throughput (it loses at most ~10%) and
-# what a newcomer waits for (the step in flight; on a 2-core CPU ~0.25 s instead of ~0.5 s).
+# what a newcomer waits for (the step in flight; on a 2-core CPU ~0.35 s instead of ~0.5 s).
 FLOOD_STEP_EFFICIENCY = 0.9
 
 

@@ -93,10 +93,12 @@ class EngineConfig(Configurable):
     latency_target_factor = Float(
         2.0, help="""Performance isolation. When a step carries latency-sensitive work (interactive requests
         of a tenant whose demand is under its fair share of the step, e.g. one user's chat beside another's
-        flood), keep the step's predicted time within this multiple of the time that work would take alone;
-        the rest of the step is filled in fair order only while it fits (prefill chunks are cut, decodes
-        wait a step). Steps without such work fill the token budget up to the flood cap (the shortest step
-        whose predicted tokens/s are 90% of a full step's, so a newcomer waits less for the step in flight).
+        flood), keep the step's predicted time within this multiple of the time that work would take alone
+        (a new request's first step: less what it already waited for the step in flight); the rest of the
+        step is filled in fair order only while it fits (prefill chunks are cut, decodes wait a step). Steps
+        without such work fill the token budget, those carrying a prompt chunk up to the flood cap (the
+        shortest step whose predicted tokens/s are 90% of a full step's, so a newcomer waits less for the
+        step in flight).
         Step times are predicted by a cost model fitted online to this device's measured steps. 0 turns it
         off (every step fills the token budget, as before). Otherwise at least 1.""",
     ).tag(config=True)
