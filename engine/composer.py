@@ -56,8 +56,8 @@ from .scheduler import BATCH, FairScheduler, Schedulable
 # the weights, more rows reuse them (on this CPU ~5 ms a row for the first 16, ~1.5 after). Without
 # that term a fit over mostly large steps puts the difference into the fixed cost and predicts a
 # lone decode at 40 ms instead of 31, which loosens every light user's target. A prefill chunk pays
-# its own gather, mask and attention call in every layer; a decode reads its
-# batch's longest context (the decode gather is padded), so its keys are decodes x longest context;
+# its own gather, mask and attention call in every layer; a decode reads its context's keys (the
+# runner pads a decode only to contexts of like length, at most ~2x);
 # a chunk after ``s`` cached tokens attends n x (s + n) query-key pairs (a 900-token prompt's last
 # chunk spends a third of its time there). A GPU is orders of magnitude faster, and the online fit
 # replaces these within a few dozen steps. Targets are ratios of two predictions, so a wrong scale
@@ -88,21 +88,21 @@ class StepShape:
     prefill_tokens: int = 0
     decode_seqs: int = 0
     prefill_chunks: int = 0
-    decode_context: int = 0   # the longest context a decode reads: every decode's gather is padded to it
+    decode_keys: int = 0      # the keys the decodes read: their contexts (the runner pads only like lengths together)
     prefill_pairs: int = 0    # query-key pairs of the prefill chunks: n x (context + n) each
 
     def features(self) -> np.ndarray:
         return np.array([1.0, self.prefill_tokens, self.decode_seqs, self.prefill_chunks,
-                         self.decode_seqs * self.decode_context, self.prefill_pairs,
+                         self.decode_keys, self.prefill_pairs,
                          min(self.prefill_tokens + self.decode_seqs, SMALL_STEP_ROWS)])
 
     def plus(self, context: int, n: int) -> "StepShape":
         """This step with one more sequence feeding ``n`` tokens after ``context`` tokens."""
         if n == 1:
             return StepShape(self.prefill_tokens, self.decode_seqs + 1, self.prefill_chunks,
-                             max(self.decode_context, context + 1), self.prefill_pairs)
+                             self.decode_keys + context + 1, self.prefill_pairs)
         return StepShape(self.prefill_tokens + n, self.decode_seqs, self.prefill_chunks + 1,
-                         self.decode_context, self.prefill_pairs + n * (context + n))
+                         self.decode_keys, self.prefill_pairs + n * (context + n))
 
 
 class CostModel:
@@ -120,7 +120,7 @@ class CostModel:
         c = self._c
         rows = shape.prefill_tokens + shape.decode_seqs
         return (c[0] + c[1] * shape.prefill_tokens + c[2] * shape.decode_seqs + c[3] * shape.prefill_chunks
-                + c[4] * shape.decode_seqs * shape.decode_context + c[5] * shape.prefill_pairs
+                + c[4] * shape.decode_keys + c[5] * shape.prefill_pairs
                 + c[6] * (rows if rows < SMALL_STEP_ROWS else SMALL_STEP_ROWS))
 
     @property
@@ -352,7 +352,7 @@ class StepComposer:
 
     def _walk(self, reqs, budget: int, max_seqs: int) -> StepShape:
         """The shape of a step taking ``reqs`` in this order up to the budget (plain ints: runs every step)."""
-        pre = dec = chunks = dctx = pairs = 0
+        pre = dec = chunks = keys = pairs = 0
         left, seqs = budget, max_seqs
         context_of = self.context_of
         for req in reqs:
@@ -364,13 +364,12 @@ class StepComposer:
             c = context_of(req)
             if n == 1:
                 dec += 1
-                if c >= dctx:
-                    dctx = c + 1
+                keys += c + 1
             else:
                 pre += n
                 chunks += 1
                 pairs += n * (c + n)
-        return StepShape(pre, dec, chunks, dctx, pairs)
+        return StepShape(pre, dec, chunks, keys, pairs)
 
     def _shape(self, picked: list[tuple[Schedulable, int]]) -> StepShape:
         shape = StepShape()

@@ -10,8 +10,10 @@ writes the new keys and values into the paged pool and reads each sequence's
 pages. The model's own code (projections, RoPE, MLP, norms) is untouched, so
 any causal LM whose attention goes through that interface works.
 
-Decode rows (one query token each) share one padded SDPA call per layer;
-prefill chunks get one causal SDPA call each.
+Decode rows (one query token each) share a padded SDPA call per layer, one per
+group of similar context lengths (``decode_groups``: a light user's short
+context is not padded to a flood's long ones); prefill chunks get one causal
+SDPA call each.
 
 The runner owns the model and the pool tensors and runs only on the engine's
 batch-loop thread; ``load_runtime`` builds both for the device found at start.
@@ -42,6 +44,11 @@ from .weights import LoadedModel, load_model
 log = logging.getLogger("potluck.engine")
 
 ATTN_NAME = "potluck_paged"
+# A decode row starts its own padded attention call when its context is under half the longest in
+# its group and at least this many keys shorter: each call costs a fixed overhead in every layer,
+# each padded key a read of masked-out memory (a 37-token chat padded to a flood's 940 read 25x
+# its keys).
+PAD_SPLIT_KEYS = 256
 
 
 @dataclass
@@ -61,9 +68,9 @@ class Chunk:
 class StepMeta:
     pool: KvPool
     slot_mapping: torch.Tensor                 # [T] flat slot of each new token
-    dec_rows: torch.Tensor | None              # [B] packed index of each decode token
-    dec_gather: torch.Tensor | None            # [B, L] flat slots to read, padded
-    dec_mask: torch.Tensor | None              # [B, 1, 1, L] True where a key is visible
+    decodes: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    # per group of decode rows: [B] packed index of each decode token, [B, L] flat slots to read
+    # (padded to the group's longest), [B, 1, 1, L] True where a key is visible
     prefills: list[tuple[int, int, torch.Tensor | None, torch.Tensor | None]]
     # (start, end) in the packed tokens, gather index over the whole context
     # (None when the chunk is the context's first, so it attends only to itself),
@@ -90,14 +97,14 @@ def paged_attention(module, query, key, value, attention_mask, dropout=0.0, scal
     gqa = heads != kvh
     out = torch.empty((total, heads, dim), dtype=query.dtype, device=query.device)
 
-    if step.dec_rows is not None:
-        b, length = step.dec_gather.shape
-        qd = q[:, step.dec_rows].transpose(0, 1).unsqueeze(2)                        # [B, h, 1, d]
-        flat = step.dec_gather.view(-1)
+    for rows, gather, mask in step.decodes:
+        b, length = gather.shape
+        qd = q[:, rows].transpose(0, 1).unsqueeze(2)                                  # [B, h, 1, d]
+        flat = gather.view(-1)
         kd = torch.index_select(kc, 0, flat).view(b, length, kvh, dim).transpose(1, 2)  # [B, kvh, L, d]
         vd = torch.index_select(vc, 0, flat).view(b, length, kvh, dim).transpose(1, 2)
-        o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=step.dec_mask, scale=scaling, enable_gqa=gqa)
-        out[step.dec_rows] = o[:, :, 0]
+        o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask, scale=scaling, enable_gqa=gqa)
+        out[rows] = o[:, :, 0]
 
     for start, end, gather, mask in step.prefills:
         qp = q[:, start:end].unsqueeze(0)                               # [1, h, n, d]
@@ -178,16 +185,17 @@ class ModelRunner:
                 keep.append(at + n - 1)
 
         dev = self.device
-        dec = (None, None, None)
-        if dec_rows:
-            lmax = max(len(g) for g in dec_gathers)
-            gidx = torch.zeros((len(dec_rows), lmax), dtype=torch.long)
-            mask = torch.zeros((len(dec_rows), 1, 1, lmax), dtype=torch.bool)
-            for r, g in enumerate(dec_gathers):
+        decodes = []
+        for group in decode_groups([len(g) for g in dec_gathers]):
+            lmax = len(dec_gathers[group[0]])
+            gidx = torch.zeros((len(group), lmax), dtype=torch.long)
+            mask = torch.zeros((len(group), 1, 1, lmax), dtype=torch.bool)
+            for r, i in enumerate(group):
+                g = dec_gathers[i]
                 gidx[r, :len(g)] = g
                 mask[r, 0, 0, :len(g)] = True
-            dec = (torch.tensor(dec_rows, device=dev), gidx.to(dev), mask.to(dev))
-        meta = StepMeta(self.pool, torch.cat(slots).to(dev), *dec, prefills)
+            decodes.append((torch.tensor([dec_rows[i] for i in group], device=dev), gidx.to(dev), mask.to(dev)))
+        meta = StepMeta(self.pool, torch.cat(slots).to(dev), decodes, prefills)
 
         if not keep:
             keep_idx = torch.tensor([len(ids) - 1], device=dev)
@@ -220,6 +228,24 @@ class ModelRunner:
             for i, s in zip(want, samples):
                 results[i] = s
         return results
+
+
+def decode_groups(lengths: list[int]) -> list[list[int]]:
+    """Indices of ``lengths`` (each decode row's context), grouped for one padded attention call each.
+
+    Longest first; a row starts a new group when its context is under half its group's longest and at
+    least ``PAD_SPLIT_KEYS`` shorter, so no group pads a row to more than twice its keys plus that.
+    """
+    groups: list[list[int]] = []
+    top = 0
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        n = lengths[i]
+        if groups and not (2 * n < top and top - n >= PAD_SPLIT_KEYS):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+            top = n
+    return groups
 
 
 def _score(rows: torch.Tensor, targets: list[int | None], top: int) -> list[tuple[float, list[tuple[int, float]]]]:

@@ -11,7 +11,7 @@ from potluck.engine.scheduler import BATCH, INTERACTIVE, FairScheduler
 
 _arrivals = itertools.count()
 # A CPU-like device: 25 ms a step, 1.3 ms a prompt token, 2 ms a decode sequence, 5 ms a prompt chunk,
-# 4.3 us a key a decode reads (padded to the step's longest context), 0.4 us a prompt query-key pair,
+# 4.3 us a key a decode reads, 0.4 us a prompt query-key pair,
 # and 3.8 ms more for each of a step's first 16 rows.
 TRUE = (0.0245, 0.0013, 0.0020, 0.005, 0.0000043, 0.0000004, 0.0038)
 
@@ -245,7 +245,7 @@ def test_a_lone_decode_stays_well_predicted_through_a_long_run_of_large_flood_st
 
 def test_steps_of_one_mix_fit_that_mix_and_keep_the_priors_proportions_for_others():
     model = CostModel()
-    seen = StepShape(decode_seqs=24, decode_context=400)    # a decode flood: always the same step
+    seen = StepShape(decode_seqs=24, decode_keys=24 * 400)    # a decode flood: always the same step
     for _ in range(64):
         model.observe(seen, 0.5)                        # a device slower than the prior says
     assert abs(model.predict(seen) - 0.5) / 0.5 < 0.05

@@ -47,3 +47,21 @@ def test_choose_installs_the_faster_layout_and_undoes_it_when_slower(monkeypatch
 
 def test_choose_leaves_a_model_without_linear_layers_alone():
     assert cpu_linear.choose(torch.nn.Sequential(torch.nn.ReLU())) is False
+
+
+def test_decode_rows_are_grouped_by_context_length_only_where_padding_would_cost():
+    from potluck.engine.model_runner import PAD_SPLIT_KEYS, decode_groups
+    assert decode_groups([]) == []
+    # Like lengths (a decode flood): one call.
+    assert decode_groups([60, 220, 140, 90]) == [[1, 2, 3, 0]]
+    # A short chat beside a flood's long contexts: its own call.
+    assert decode_groups([37, 940, 930, 945]) == [[3, 1, 2], [0]]
+    # Under half, but within PAD_SPLIT_KEYS of the longest: padding is cheaper than another call.
+    assert decode_groups([10, PAD_SPLIT_KEYS]) == [[1, 0]]
+    for lengths in ([5, 900, 300, 2000, 1990, 40, 700], [1] * 8, list(range(1, 3000, 97))):
+        groups = decode_groups(lengths)
+        assert sorted(i for grp in groups for i in grp) == list(range(len(lengths)))
+        for grp in groups:
+            top = lengths[grp[0]]
+            assert all(lengths[i] <= top and (2 * lengths[i] >= top or top - lengths[i] < PAD_SPLIT_KEYS)
+                       for i in grp)

@@ -119,3 +119,18 @@ def test_a_new_requests_feed_counts_its_wait_from_when_it_reached_the_engine(eng
     (n, arrived, queued_at, at), *decodes = seen
     assert n == 20 and before <= arrived == queued_at <= at
     assert decodes and all(a is None and q <= t for _, a, q, t in decodes)
+
+
+def test_decodes_of_short_and_long_contexts_in_one_step_match_generate(engine, reference_model):
+    # A short chat beside long contexts gets its own padded attention call (decode_groups): both must
+    # still be exactly what each would generate alone.
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(3, 49152, (n,), generator=g).tolist() for n in (12, 700, 650, 30)]
+    steps = []
+    engine.step_listeners.append(steps.append)
+    gens = [engine.generate("alice" if i % 2 else "bob", tokens=p, max_tokens=6, ignore_eos=True)
+            for i, p in enumerate(prompts)]
+    results = [gen.result(timeout=120) for gen in gens]
+    for p, r in zip(prompts, results):
+        assert r.tokens == reference_greedy(reference_model, p, 6)
+    assert any(s["decode_seqs"] == 4 for s in steps), "the four never decoded in one step"
