@@ -349,7 +349,9 @@ def test_a_step_carrying_a_light_users_work_never_passes_its_target_whatever_the
         picked, plan = comp.compose(sched, budget=256, max_seqs=64, admit=lambda r, n: True)
         if plan.sensitive_tenants:
             held += 1
-            assert light in [r for r, _ in picked]
+            # The sensitive tenant is usually the light one; a small flood (four decodes) can be lighter.
+            for tenant in plan.sensitive_tenants:
+                assert all(r in [p for p, _ in picked] for r in sched.queues[tenant])
             assert plan.predicted <= plan.target * (1 + 1e-9)
         else:
             assert plan.target is None
