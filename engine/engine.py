@@ -227,7 +227,7 @@ class Engine(EngineReports):
             for g in gens[1:]:
                 g.follow(gens[0], self._fork_prompt)
             return gens
-        gens = self.loop.call(start)
+        gens = self.loop.call(start, newcomer=(t.name, len(ids)))
         for g in gens:
             g.created = called
         return gens

@@ -26,9 +26,9 @@ import time
 from concurrent.futures import Future
 from typing import Callable
 
-from .composer import StepComposer, StepPlan
+from .composer import StepComposer, StepPlan, StepShape
 from .errors import EngineUnavailable, PotluckError, QuotaExceeded
-from .model_runner import Chunk, Runtime
+from .model_runner import Chunk, Runtime, StepAborted
 from .pages import PoolExhausted
 from .scheduler import FairScheduler
 from .sequence import Sequence
@@ -46,7 +46,7 @@ class BatchLoop:
         self.forward_linger_ms = forward_linger_ms
         self.rt: Runtime | None = None
         self.stats = {"steps": 0, "batch_tokens": 0, "batch_seqs": 0, "last_step_ms": 0.0,
-                      "prefill_tokens": 0, "decode_tokens": 0, "prefix_hit_tokens": 0}
+                      "prefill_tokens": 0, "decode_tokens": 0, "prefix_hit_tokens": 0, "preempted_steps": 0}
         self.step_listeners: list[Callable[[dict], None]] = []
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -56,6 +56,8 @@ class BatchLoop:
         self._arrivals = itertools.count()
         self._last_accrual = time.monotonic()
         self._awaited: set[int] = set()   # sequences whose forward the last step served, not yet fed again
+        # The step running now, if a newcomer may preempt it: (start, plan, its tenants, abort flag).
+        self._inflight: tuple[float, StepPlan, frozenset, threading.Event] | None = None
 
     # ----------------------------------------------------------- lifecycle
     def start(self, setup: Callable[[], Runtime], timeout: float) -> None:
@@ -79,14 +81,20 @@ class BatchLoop:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stopping
 
-    def call(self, fn, *args, timeout: float | None = 300.0):
-        """Run ``fn(*args)`` on the loop thread and return its result."""
+    def call(self, fn, *args, timeout: float | None = 300.0, newcomer: tuple[str, int] | None = None):
+        """Run ``fn(*args)`` on the loop thread and return its result.
+
+        ``newcomer`` (tenant, prompt tokens): ``fn`` queues a new request, which may preempt the step
+        in flight (``preempt_for``), asked once the command is queued so the loop finds it.
+        """
         if threading.current_thread() is self._thread:
             return fn(*args)
         if not self.running:
             raise EngineUnavailable("the engine is not running")
         fut: Future = Future()
         self._commands.put((fn, args, fut))
+        if newcomer is not None:
+            self.preempt_for(*newcomer)
         return fut.result(timeout)
 
     def post(self, fn, *args) -> None:
@@ -115,6 +123,29 @@ class BatchLoop:
             self._awaited.discard(seq.id)
         self.scheduler.add(seq)
         return matched
+
+    def preempt_for(self, tenant: str, tokens: int) -> bool:
+        """Any thread: a request of ``tokens`` from ``tenant`` is about to be queued; abandon the step in flight for it?
+
+        Only a step without latency-sensitive work (a lone flood's, up to the flood cap), only for a
+        tenant with nothing pending and not in that step, whose prompt fits one step, and only when
+        the step has more left to run than a light user's decode target: else the newcomer waits
+        for it, as it would for any step. The step stops at its next layer and is redone after the
+        newcomer's first step (steps are then held for it); a lone flood loses at most the part of
+        one step already run, once per ``HOLD_SECONDS`` at most, since held steps are not preempted.
+        """
+        inflight = self._inflight
+        if inflight is None or self.rt is None:
+            return False
+        started, plan, tenants, abort = inflight
+        if tenant in tenants or self.scheduler.queues.get(tenant) or tokens > self.rt.profile.batch_token_budget:
+            return False
+        composer = self.composer
+        left = plan.predicted - (time.monotonic() - started)
+        if left <= composer.target_for(composer.cost.predict(StepShape().plus(0, 1))):
+            return False
+        abort.set()
+        return True
 
     def withdraw(self, seq: Sequence) -> None:
         """Take ``seq``'s feed out of the scheduler (its owner ended it)."""
@@ -234,9 +265,18 @@ class BatchLoop:
                 self._run_commands(block=True)
             return
         chunks = [_chunk(seq, n) for seq, n in picked]
+        abort = None
+        if plan.target is None and self.composer.enabled:
+            abort = threading.Event()
+            self._inflight = (time.monotonic(), plan, frozenset(seq.tenant for seq, _ in picked), abort)
         t0 = time.perf_counter()
         try:
-            results = self.rt.runner.step(chunks)
+            results = self.rt.runner.step(chunks, abort)
+        except StepAborted:
+            # A light newcomer arrived (``preempt_for``): its request goes first; this work is redone.
+            self.scheduler.refund(picked)
+            self.stats["preempted_steps"] += 1
+            return
         except Exception as e:
             log.exception("forward step failed")
             err = PotluckError(f"internal error in the forward step: {type(e).__name__}: {e}",
@@ -245,6 +285,8 @@ class BatchLoop:
                 self.scheduler.remove(seq)
                 seq.done(None, err)
             return
+        finally:
+            self._inflight = None
         seconds = time.perf_counter() - t0
         self.composer.cost.observe(plan.shape, seconds)
         usage = self._commit(picked, chunks, results, seconds)

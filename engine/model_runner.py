@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,11 @@ class StepMeta:
     # (start, end) in the packed tokens, gather index over the whole context
     # (None when the chunk is the context's first, so it attends only to itself),
     # causal mask with the chunk's offset (None: plain causal)
+    abort: threading.Event | None = None       # set from another thread: stop at the next layer
+
+
+class StepAborted(Exception):
+    """The step was abandoned between two layers (``StepMeta.abort``); nothing of it was committed."""
 
 
 def paged_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
@@ -84,6 +90,8 @@ def paged_attention(module, query, key, value, attention_mask, dropout=0.0, scal
         return sdpa_attention_forward(module, query, key, value, attention_mask,
                                       dropout=dropout, scaling=scaling, **kwargs)
     layer = module.layer_idx
+    if step.abort is not None and step.abort.is_set():
+        raise StepAborted
     kvh, dim = key.shape[1], key.shape[3]
     # 2-D row views: index_select copies whole rows, where advanced indexing
     # copies element by element (measured ~10x slower for the decode gather).
@@ -145,8 +153,12 @@ class ModelRunner:
         return (slots[:, None] * ps + torch.arange(ps)).flatten()[:upto]
 
     @torch.inference_mode()
-    def step(self, chunks: list[Chunk]) -> list[Sample | None]:
-        """Run one forward over all chunks. Pages must already be prepared (``KvPool.prepare_write``)."""
+    def step(self, chunks: list[Chunk], abort: threading.Event | None = None) -> list[Sample | None]:
+        """Run one forward over all chunks. Pages must already be prepared (``KvPool.prepare_write``).
+
+        ``abort`` set while it runs raises ``StepAborted`` at the next layer: the keys and values
+        written so far are in slots of uncommitted positions, which the step's retry writes again.
+        """
         ps = self.pool.page_size
         ids: list[int] = []
         pos: list[int] = []
@@ -195,7 +207,7 @@ class ModelRunner:
                 gidx[r, :len(g)] = g
                 mask[r, 0, 0, :len(g)] = True
             decodes.append((torch.tensor([dec_rows[i] for i in group], device=dev), gidx.to(dev), mask.to(dev)))
-        meta = StepMeta(self.pool, torch.cat(slots).to(dev), decodes, prefills)
+        meta = StepMeta(self.pool, torch.cat(slots).to(dev), decodes, prefills, abort)
 
         if not keep:
             keep_idx = torch.tensor([len(ids) - 1], device=dev)

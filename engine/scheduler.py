@@ -147,6 +147,14 @@ class FairScheduler:
         self._serves += 1
         self._last_served[t] = self._serves
 
+    def refund(self, picked: list[tuple[Schedulable, int]]) -> None:
+        """Take back the charges of a step that was scheduled but abandoned before it ran."""
+        for req, n in picked:
+            c = charge(req, n)
+            t = req.tenant
+            self.counters[t] = self.counters.get(t, 0.0) - c / self.weights.get(t, 1.0)
+            self.service[t] = self.service.get(t, 0.0) - c
+
     def _key(self, t: str, req: Schedulable) -> tuple:
         return (req.priority, self.counters[t], self._last_served.get(t, 0), t)
 

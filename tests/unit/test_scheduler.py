@@ -162,3 +162,15 @@ def test_a_tenants_running_decodes_go_before_its_own_waiting_prompts():
     sched.add(bob)
     assert list(sched.queues["alice"])[:2] == [decode, d2]
     assert list(sched.queues["bob"]) == [bob]
+
+
+def test_a_refunded_step_leaves_counters_and_service_as_if_it_was_never_scheduled():
+    s = FairScheduler()
+    for t in ("a", "b"):
+        s.add(Req(t, 100, decode=False))
+    s.set_weight("b", 2.0)
+    before = (dict(s.counters), dict(s.service))
+    picked = s.schedule(64, 8, lambda r, n: True)
+    assert picked and s.counters != before[0]
+    s.refund(picked)
+    assert s.counters == before[0] and all(s.service.get(t, 0.0) == before[1].get(t, 0.0) for t in "ab")

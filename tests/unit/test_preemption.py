@@ -1,0 +1,78 @@
+"""A light newcomer preempts a lone flood's long step instead of waiting for it."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from potluck.engine.composer import StepPlan, StepShape
+from potluck.engine.model_runner import StepAborted
+from test_generation import reference_greedy
+
+
+def _inflight(tenants, predicted=10.0):
+    return (time.monotonic(), StepPlan(StepShape(), predicted, None), frozenset(tenants), threading.Event())
+
+
+def test_only_a_light_newcomer_outside_a_long_step_preempts_it(engine):
+    loop = engine.loop
+    budget = engine.rt.profile.batch_token_budget
+    cases = [
+        (["heavy"], "heavy", 10, 10.0, False),          # the flood's own next request
+        (["heavy"], "light", budget + 1, 10.0, False),  # a prompt longer than a step: not light
+        (["heavy"], "light", 10, 0.001, False),         # the step is about to end anyway
+        (["heavy"], "light", 10, 10.0, True),
+    ]
+    for tenants, who, tokens, predicted, preempts in cases:
+        loop._inflight = inflight = _inflight(tenants, predicted)
+        assert loop.preempt_for(who, tokens) is preempts
+        assert inflight[3].is_set() is preempts
+    loop._inflight = None
+    assert loop.preempt_for("light", 10) is False      # nothing in flight
+
+
+def test_a_preempted_step_is_redone_after_the_newcomers_and_loses_nothing(engine, reference_model):
+    runner = engine.rt.runner
+    real = runner.step
+    started = threading.Event()
+    aborted = []
+
+    def slow_step(chunks, abort=None):
+        # The flood's long step: "runs" until preempted (or 5 s), like a 0.5 s CPU step would.
+        if abort is not None and any(len(c.tokens) > 100 for c in chunks) and not aborted:
+            started.set()
+            end = time.monotonic() + 5
+            while time.monotonic() < end:
+                if abort.is_set():
+                    aborted.append(time.monotonic())
+                    raise StepAborted
+                time.sleep(0.002)
+        return real(chunks, abort)
+    runner.step = slow_step
+    compose = engine.loop.composer.compose
+
+    def long_plans(*args):
+        picked, plan = compose(*args)
+        if plan.target is None:
+            plan.predicted = 10.0       # long enough to be worth preempting, whatever this machine's speed
+        return picked, plan
+    engine.loop.composer.compose = long_plans
+
+    g = torch.Generator().manual_seed(9)
+    flood_prompt = torch.randint(3, 49152, (200,), generator=g).tolist()
+    light_prompt = torch.randint(3, 49152, (8,), generator=g).tolist()
+    # Both tenants known already (a new tenant's first request resolves it on the loop, between steps).
+    for tenant in ("heavy", "light"):
+        engine.generate(tenant, tokens=[5, 6, 7], max_tokens=1).result(timeout=30)
+    flood = engine.generate("heavy", tokens=flood_prompt, max_tokens=5, ignore_eos=True)
+    assert started.wait(30)
+    t0 = time.monotonic()
+    light = engine.generate("light", tokens=light_prompt, max_tokens=3, ignore_eos=True).result(timeout=30)
+    assert time.monotonic() - t0 < 4.0, "the light request waited for the flood's step"
+    assert aborted and engine.stats["preempted_steps"] == 1
+    assert light.tokens == reference_greedy(reference_model, light_prompt, 3)
+    heavy = flood.result(timeout=60)
+    assert heavy.tokens == reference_greedy(reference_model, flood_prompt, 5)
+    assert engine.status()["kv"]["used_pages"] == 0
