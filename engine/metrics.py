@@ -27,7 +27,7 @@ import time
 from collections import deque
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .scheduler import PRIORITIES
 
@@ -189,6 +189,8 @@ class _StatusCollector:
         yield gauge("potluck_kv_pages_free", "KV pages free on the device", kv["free_pages"])
         yield gauge("potluck_kv_pages_total", "KV pages in the device pool", kv["total_pages"])
         yield gauge("potluck_kv_pages_on_host", "KV pages swapped out to host memory", kv["pages_on_host"])
+        yield counter("potluck_steps_preempted", "Lone-flood steps abandoned for a light newcomer (redone after it)",
+                      self.engine.stats["preempted_steps"])
         held = GaugeMetricFamily("potluck_tenant_kv_pages", "KV pages held, by tenant", labels=["tenant"])
         for report in self.engine.tenant_reports():
             held.add_metric([report["name"]], report["kv_pages"])
@@ -227,6 +229,12 @@ def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     g = GaugeMetricFamily(name, doc)
     g.add_metric([], value)
     return g
+
+
+def counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    c = CounterMetricFamily(name, doc)
+    c.add_metric([], value)
+    return c
 
 
 def _waiting(scheduler) -> int:

@@ -76,3 +76,7 @@ def test_a_preempted_step_is_redone_after_the_newcomers_and_loses_nothing(engine
     heavy = flood.result(timeout=60)
     assert heavy.tokens == reference_greedy(reference_model, flood_prompt, 5)
     assert engine.status()["kv"]["used_pages"] == 0
+    from potluck.engine.metrics import EngineMetrics
+    from prometheus_client import generate_latest
+    text = generate_latest(EngineMetrics(engine).registry).decode()
+    assert "potluck_steps_preempted_total 1.0" in text
