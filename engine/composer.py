@@ -73,9 +73,11 @@ PRIOR_STRENGTH = 2.0
 # How far a fitted term may stray from the prior's, scaled to this device's speed.
 BOUND = 10.0
 # After a step held short for a light tenant, later steps stay held this long: its next request
-# (the next turn of a chat) then starts in a short step, not behind a long one. A flood alone loses
-# at most this much time of full steps after the light user leaves.
-HOLD_SECONDS = 1.0
+# (a notebook's next call a moment later) then starts in a short step. A light newcomer preempts a
+# lone flood's long step anyway (``BatchLoop.preempt_for``), losing the part already run (on average
+# half a step, ~0.17 s on the 2-core CPU), while holding costs the flood ~70% of each held second:
+# holding pays for gaps up to ~0.25 s. A flood alone loses at most this much after the user leaves.
+HOLD_SECONDS = 0.25
 # Without latency-sensitive work a step may run until its predicted tokens/s fall to this fraction
 # of a full-budget step's: a trade between a lone flood's throughput (it loses at most ~10%) and
 # what a newcomer waits for (the step in flight; on a 2-core CPU ~0.35 s instead of ~0.5 s).

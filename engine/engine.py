@@ -397,7 +397,10 @@ class Engine(EngineReports):
 
         def resolve(window) -> Tenant:
             same = None if window is not None else self.tenants.unchanged(name, groups, is_admin, override)
-            return same or self.loop.call(self._resolve_tenant, name, groups, is_admin, override, window)
+            # A tenant new to this engine (or whose groups changed) is resolved on the loop: like a
+            # light request, that need not wait for a lone flood's long step (once per tenant).
+            return same or self.loop.call(self._resolve_tenant, name, groups, is_admin, override, window,
+                                          newcomer=(name, 0))
         return resolve(None) if self.placement is None else self.placement.resolve(name, resolve)
 
     def _resolve_tenant(self, name: str, groups, is_admin: bool, override=None, window=None) -> Tenant:

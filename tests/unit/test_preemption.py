@@ -33,14 +33,15 @@ def test_only_a_light_newcomer_outside_a_long_step_preempts_it(engine):
     assert loop.preempt_for("light", 10) is False      # nothing in flight
 
 
-def test_a_preempted_step_is_redone_after_the_newcomers_and_loses_nothing(engine, reference_model):
+def long_flood_steps(engine) -> tuple[threading.Event, list[float]]:
+    """Make a flood's step (a chunk over 100 tokens) "run" until preempted or 5 s, like a 0.5 s CPU step,
+    and predict every step without latency-sensitive work long enough to be worth preempting."""
     runner = engine.rt.runner
     real = runner.step
     started = threading.Event()
-    aborted = []
+    aborted: list[float] = []
 
     def slow_step(chunks, abort=None):
-        # The flood's long step: "runs" until preempted (or 5 s), like a 0.5 s CPU step would.
         if abort is not None and any(len(c.tokens) > 100 for c in chunks) and not aborted:
             started.set()
             end = time.monotonic() + 5
@@ -56,10 +57,14 @@ def test_a_preempted_step_is_redone_after_the_newcomers_and_loses_nothing(engine
     def long_plans(*args):
         picked, plan = compose(*args)
         if plan.target is None:
-            plan.predicted = 10.0       # long enough to be worth preempting, whatever this machine's speed
+            plan.predicted = 10.0
         return picked, plan
     engine.loop.composer.compose = long_plans
+    return started, aborted
 
+
+def test_a_preempted_step_is_redone_after_the_newcomers_and_loses_nothing(engine, reference_model):
+    started, aborted = long_flood_steps(engine)
     g = torch.Generator().manual_seed(9)
     flood_prompt = torch.randint(3, 49152, (200,), generator=g).tolist()
     light_prompt = torch.randint(3, 49152, (8,), generator=g).tolist()
@@ -80,3 +85,14 @@ def test_a_preempted_step_is_redone_after_the_newcomers_and_loses_nothing(engine
     from prometheus_client import generate_latest
     text = generate_latest(EngineMetrics(engine).registry).decode()
     assert "potluck_steps_preempted_total 1.0" in text
+
+
+def test_a_tenant_new_to_the_engine_is_resolved_without_waiting_for_a_long_step(engine):
+    started, _ = long_flood_steps(engine)
+    engine.generate("heavy", tokens=[5, 6, 7], max_tokens=1).result(timeout=30)
+    flood = engine.generate("heavy", tokens=list(range(10, 210)), max_tokens=2, ignore_eos=True)
+    assert started.wait(30)
+    t0 = time.monotonic()
+    engine.tenant("newcomer")
+    assert time.monotonic() - t0 < 4.0 and engine.stats["preempted_steps"] == 1
+    flood.result(timeout=60)
