@@ -166,7 +166,6 @@ class ModelRunner:
         ``abort`` set while it runs raises ``StepAborted`` at the next layer: the keys and values
         written so far are in slots of uncommitted positions, which the step's retry writes again.
         """
-        ps = self.pool.page_size
         ids: list[int] = []
         pos: list[int] = []
         slots: list[torch.Tensor] = []

@@ -373,7 +373,6 @@ def test_a_flood_whose_every_piece_is_longer_than_the_target_still_moves_each_he
             sched.remove(r)
 
 
-
 def test_a_new_request_that_waited_for_the_step_in_flight_gets_a_step_shortened_by_that_wait():
     clock = Clock()
     sched, comp = FairScheduler(), composer(clock=clock)
