@@ -193,8 +193,9 @@ class Prompts:
 
 
 # --------------------------------------------------------------- clients
-async def light_client(http: Http, token: str, stop: asyncio.Event, out: list[dict], give_up: float) -> None:
-    """One request after another until ``stop``; each one's client-side timings.
+async def light_client(http: Http, token: str, stop: asyncio.Event, out: list[dict], give_up: float,
+                       pause: float = 0.0) -> None:
+    """One request after another (``pause`` seconds apart) until ``stop``; each one's client-side timings.
 
     A request still going after ``give_up`` seconds (FCFS behind a prefill flood on a busy CPU can
     take minutes) is closed and kept as ``unfinished``, its times as lower bounds, and the client stops.
@@ -226,6 +227,11 @@ async def light_client(http: Http, token: str, stop: asyncio.Event, out: list[di
         if unfinished:
             log(f"a light request was still going after {give_up:.0f}s: closed, kept as unfinished")
             return
+        if pause:
+            try:
+                await asyncio.wait_for(stop.wait(), pause)
+            except asyncio.TimeoutError:
+                pass
 
 
 async def stream_client(http: Http, token: str, bodies, stats: dict) -> None:
@@ -318,11 +324,11 @@ class Meter:
 
 
 async def light_window(http: Http, meter: Meter, token: str, seconds: float, tenants: list[str],
-                       reqs: list[dict], give_up: float) -> dict:
+                       reqs: list[dict], give_up: float, pause: float = 0.0) -> dict:
     """The light tenant for ``seconds`` (its last request is waited for, inside the window)."""
     a = await meter.snap(tenants)
     stop = asyncio.Event()
-    task = asyncio.create_task(light_client(http, token, stop, reqs, give_up))
+    task = asyncio.create_task(light_client(http, token, stop, reqs, give_up, pause))
     await asyncio.sleep(seconds)
     stop.set()
     await task
@@ -359,7 +365,7 @@ async def flood_scenario(http: Http, meter: Meter, kind: str, args, prompts: Pro
             await asyncio.sleep(args.seconds / 2 / args.cycles)
             windows.append({"kind": "flood_alone", **Meter.delta(a, await meter.snap([heavy, light]))})
             windows.append(await light_window(http, meter, tokens[light], args.seconds / args.cycles,
-                                              [heavy, light], reqs, args.light_timeout))
+                                              [heavy, light], reqs, args.light_timeout, args.light_pause))
             if any(t.done() and t.exception() for t in tasks):
                 break
     finally:
@@ -459,7 +465,7 @@ async def _policy(name: str, flags: tuple, proc: EngineProcess, tokens: dict, fl
 
     reqs: list[dict] = []
     w = await light_window(http, meter, tokens["light-alone"], args.seconds, ["light-alone"], reqs,
-                           args.light_timeout)
+                           args.light_timeout, args.light_pause)
     alone = light_summary(reqs)
     me = await http.json("GET", "/api/me", tokens["light-alone"])
     out = {"flags": list(flags),
@@ -621,6 +627,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-like", choices=("prefill", "decode"), default="prefill",
                     help="the batch-priority flood's requests")
     ap.add_argument("--inferlet-runs", type=int, default=3, help="runs at once in the inferlet flood (max_runs 4)")
+    ap.add_argument("--light-pause", type=float, default=0.0,
+                    help="seconds the light tenant waits between its requests (a user reading the answer); "
+                         "0 (the default, the issue's scenario): one after another")
     ap.add_argument("--light-timeout", type=float, default=180,
                     help="a light request still going after this many seconds is closed and kept as unfinished")
     ap.add_argument("--kv-pages", type=int, default=2048,
@@ -681,6 +690,7 @@ def main(argv=None) -> int:
             "inferlet_flood": {"runs_at_once": args.inferlet_runs, "forks": 16, "rounds_per_run": 3,
                                "max_tokens": 32, "source": INFERLET_SRC},
             "seconds": args.seconds, "cycles": args.cycles, "light_timeout_s": args.light_timeout,
+            "light_pause_s": args.light_pause,
             "kv_pages": args.kv_pages, "quick": args.quick,
             "flood_tokens_per_s": "the flood tenant's prefill + decode tokens through the model (its /api/me "
                                   "usage) per second, over the flood-alone vs the flood+light windows",
