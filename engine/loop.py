@@ -36,6 +36,9 @@ from .tenants import TenantRegistry
 
 log = logging.getLogger("potluck.engine")
 
+# A tenant preempts a lone flood's step at most once in this many seconds.
+PREEMPT_INTERVAL = 1.0
+
 
 class BatchLoop:
     def __init__(self, scheduler: FairScheduler, composer: StepComposer, tenants: TenantRegistry,
@@ -58,6 +61,8 @@ class BatchLoop:
         self._awaited: set[int] = set()   # sequences whose forward the last step served, not yet fed again
         # The step running now, if a newcomer may preempt it: (start, plan, its tenants, abort flag).
         self._inflight: tuple[float, StepPlan, frozenset, threading.Event] | None = None
+        self._redoing = False                     # the last step was preempted: the next one runs whole
+        self._preempted_by: dict[str, float] = {}  # tenant -> when it last preempted a step
 
     # ----------------------------------------------------------- lifecycle
     def start(self, setup: Callable[[], Runtime], timeout: float) -> None:
@@ -131,8 +136,8 @@ class BatchLoop:
         tenant with nothing pending and not in that step, whose prompt fits one step, and only when
         the step has more left to run than a light user's decode target: else the newcomer waits
         for it, as it would for any step. The step stops at its next layer and is redone after the
-        newcomer's first step (steps are then held for it); a lone flood loses at most the part of
-        one step already run, once per ``HOLD_SECONDS`` at most, since held steps are not preempted.
+        newcomer's first step. Others always progress: held steps and the step after a preemption
+        are never preempted, and a tenant preempts at most once per ``PREEMPT_INTERVAL``.
         """
         inflight = self._inflight
         if inflight is None or self.rt is None:
@@ -140,10 +145,16 @@ class BatchLoop:
         started, plan, tenants, abort = inflight
         if tenant in tenants or self.scheduler.queues.get(tenant) or tokens > self.rt.profile.batch_token_budget:
             return False
+        now = time.monotonic()
+        # Whether the request will be refused is known only on the loop: a tenant sending refused
+        # requests (over its rate, a model it may not use) must not stall others' steps with them.
+        if now - self._preempted_by.get(tenant, -PREEMPT_INTERVAL) < PREEMPT_INTERVAL:
+            return False
         composer = self.composer
-        left = plan.predicted - (time.monotonic() - started)
+        left = plan.predicted - (now - started)
         if left <= composer.target_for(composer.cost.predict(StepShape().plus(0, 1))):
             return False
+        self._preempted_by[tenant] = now
         abort.set()
         return True
 
@@ -266,16 +277,18 @@ class BatchLoop:
             return
         chunks = [_chunk(seq, n) for seq, n in picked]
         abort = None
-        if plan.target is None and self.composer.enabled:
+        if plan.target is None and self.composer.enabled and not self._redoing:
             abort = threading.Event()
             self._inflight = (time.monotonic(), plan, frozenset(seq.tenant for seq, _ in picked), abort)
         t0 = time.perf_counter()
         try:
             results = self.rt.runner.step(chunks, abort)
         except StepAborted:
-            # A light newcomer arrived (``preempt_for``): its request goes first; this work is redone.
+            # A light newcomer arrived (``preempt_for``): its request goes first; this work is redone,
+            # and the next step is never preempted, so the others always make progress.
             self.scheduler.refund(picked)
             self.stats["preempted_steps"] += 1
+            self._redoing = True
             return
         except Exception as e:
             log.exception("forward step failed")
@@ -287,6 +300,7 @@ class BatchLoop:
             return
         finally:
             self._inflight = None
+        self._redoing = False
         seconds = time.perf_counter() - t0
         self.composer.cost.observe(plan.shape, seconds)
         usage = self._commit(picked, chunks, results, seconds)

@@ -140,20 +140,18 @@ class FairScheduler:
 
     def _serve(self, req: Schedulable, n: int) -> None:
         """Charge ``req``'s tenant for feeding ``n`` of its tokens this step."""
-        c = charge(req, n)
-        t = req.tenant
-        self.counters[t] = self.counters.get(t, 0.0) + c / self.weights.get(t, 1.0)
-        self.service[t] = self.service.get(t, 0.0) + c
+        self._charge(req.tenant, charge(req, n))
         self._serves += 1
-        self._last_served[t] = self._serves
+        self._last_served[req.tenant] = self._serves
 
     def refund(self, picked: list[tuple[Schedulable, int]]) -> None:
         """Take back the charges of a step that was scheduled but abandoned before it ran."""
         for req, n in picked:
-            c = charge(req, n)
-            t = req.tenant
-            self.counters[t] = self.counters.get(t, 0.0) - c / self.weights.get(t, 1.0)
-            self.service[t] = self.service.get(t, 0.0) - c
+            self._charge(req.tenant, -charge(req, n))
+
+    def _charge(self, t: str, c: float) -> None:
+        self.counters[t] = self.counters.get(t, 0.0) + c / self.weights.get(t, 1.0)
+        self.service[t] = self.service.get(t, 0.0) + c
 
     def _key(self, t: str, req: Schedulable) -> tuple:
         return (req.priority, self.counters[t], self._last_served.get(t, 0), t)
