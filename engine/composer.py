@@ -24,10 +24,11 @@ cannot see that; this module measures *time*.
   decodes that do not fit wait for the next step. Without latency-sensitive
   work (for ``HOLD_SECONDS`` after the last) a step carrying a prompt chunk
   is cut only to the *flood cap*: the shortest step whose predicted tokens/s
-  are still ``FLOOD_STEP_EFFICIENCY`` of a full-budget step's. A newcomer's
-  first token waits for the step in flight; on a CPU a full 256-token step is
-  ~0.5 s, the cap ~0.35 s for ~10% of a lone flood's tokens/s (on a GPU, where
-  the fixed cost is a small share, the cap is near the full step).
+  are still ``FLOOD_STEP_EFFICIENCY`` of a full-budget step's: on a CPU a full
+  256-token step is ~0.5 s, the cap ~0.35 s for ~10% of a lone flood's
+  tokens/s (on a GPU, where the fixed cost is a small share, the cap is near
+  the full step). Whoever else arrives waits for such a step, except a light
+  newcomer, which preempts it (``BatchLoop.preempt_for``).
 
 Charging stays in tokens (the scheduler's ``charge``): the second pass serves
 backlogged tenants in VTC order, so the bound on their service difference
@@ -124,11 +125,6 @@ class CostModel:
         return (c[0] + c[1] * shape.prefill_tokens + c[2] * shape.decode_seqs + c[3] * shape.prefill_chunks
                 + c[4] * shape.decode_keys + c[5] * shape.prefill_pairs
                 + c[6] * (rows if rows < SMALL_STEP_ROWS else SMALL_STEP_ROWS))
-
-    @property
-    def fixed(self) -> float:
-        """What every step pays, whatever it carries."""
-        return self._c[0]
 
     def overhead(self, chunks: int) -> float:
         """What a step of more than ``SMALL_STEP_ROWS`` rows and ``chunks`` prompt chunks pays whatever its size.
