@@ -1,20 +1,28 @@
-"""Small-batch matrix products on a CPU: the call layout that reads the weights fastest.
+"""Matrix products on a CPU: for each size of step, the call that runs it fastest.
 
-A decode step multiplies a handful of activation rows by every weight matrix of the
-model; on a CPU that is bound by reading the weights from memory, and how fast the
-BLAS reads them depends on how the product is asked for. With the MKL that PyTorch's
-CPU wheels carry, on the AMD EPYC these benchmarks ran on, ``F.linear`` (``x @ W.T``)
-of 1 to 8 rows read the weights at ~11 GB/s, and 2 rows cost 1.6x as much as 1,
-while the same product asked for as ``W @ x.T`` ran at ~33 GB/s. With the default
-model a one-token decode step went from 56 to 32 ms and a two-token one from 87 to
-32 ms. That matters beyond speed: when a light user's decode shares a step with one
-token of somebody else's, the step must not cost 1.6x the step it would make alone.
+A step multiplies its activation rows (one per token) by every weight matrix of the model. How
+fast a CPU does that depends less on the arithmetic than on how the product is asked for, and
+differently for a decode step's few rows and a prompt chunk's hundreds. Measured with the
+PyTorch 2.13 CPU wheel on the 2-core AMD EPYC these benchmarks ran on, over the default model's
+linear layers (float32, ms a step):
 
-Which layout is faster depends on the CPU and the BLAS, so ``choose`` measures both on
-the model's own weights at load and keeps the faster for steps of at most
-``SMALL_ROWS`` rows. One row is sent as two: the single-row (matrix-vector) path is
-the slow one. Larger steps (prompt chunks) are bound by arithmetic, not reading, and
-always use ``F.linear``.
+    rows                          1     2     4     16    64    256
+    F.linear (MKL)               35    52    47    49    100   304
+    W @ x.T (one row as two)     15    15    23    45     99   324
+    oneDNN, prepacked weights    22    29    21    29     74   253
+
+``F.linear`` of a few rows reads the weights at ~11 GB/s, and 2 rows cost 1.6x as much as 1;
+``W @ x.T`` reads them at ~30 GB/s but uses the arithmetic units poorly past two rows; oneDNN
+with the weights reordered once into its blocked layout (what PyTorch's own compiler uses for
+CPU inference) is the fastest from 3 rows up. In bfloat16 on a CPU with AVX512-BF16 it wins at
+every size (13 ms for 1 row, 16 for 16, 132 for 256). That matters beyond speed: when a light
+user's decode shares a step with part of a heavy user's prompt, every extra row must cost little
+for the held step to carry the heavy user's work at all.
+
+Which call is fastest depends on the CPU, the BLAS and the dtype, so ``choose`` times each on
+the model's own weights at load, for each band of rows, and installs a forward that dispatches
+on the rows of each call. The dense weights stay (the module is still an ordinary
+``nn.Linear``); a prepacked copy is kept beside them only where it won a band.
 """
 
 from __future__ import annotations
@@ -22,24 +30,35 @@ from __future__ import annotations
 import logging
 import time
 import types
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 log = logging.getLogger("potluck.engine")
 
-SMALL_ROWS = 64         # measured: faster or equal up to 64 rows, slower at 256
-MIN_GAIN = 1.2          # keep F.linear unless the other layout is clearly faster
-TIMED_BYTES = 256 << 20
+# The bands of rows a call is dispatched on, and the rows each is timed with.
+FEW_ROWS = 2            # decode steps of one or two users
+SMALL_ROWS = 64         # decode batches, a held step's share of a prompt
+BANDS = (("few", (1, 2)), ("small", (4, 16)), ("large", (256,)))
+MIN_GAIN = 1.1          # keep F.linear unless another call is clearly faster (timing noise is ~5%)
+TIMED_BYTES = 256 << 20         # more than any CPU cache: the weights come from memory as in a step
+LARGE_TIMED_BYTES = 32 << 20    # large calls are bound by arithmetic; a few layers time them
+
+Forward = Callable[[torch.nn.Linear, torch.Tensor], torch.Tensor]
+
+
+def _dense(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(x, self.weight, self.bias)
 
 
 def _weight_first(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if not 0 < rows <= SMALL_ROWS:
+    if rows == 0:
         return F.linear(x, self.weight, self.bias)
     x2 = x.reshape(rows, x.shape[-1])
     if rows == 1:
-        x2 = torch.cat([x2, x2])
+        x2 = torch.cat([x2, x2])        # the matrix-vector path is the slow one
     if self.bias is None:
         y = torch.matmul(self.weight, x2.t())
     else:
@@ -47,7 +66,37 @@ def _weight_first(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return y[:, :rows].t().contiguous().view(*x.shape[:-1], y.shape[0])
 
 
-def _time_layout(layers: list[torch.nn.Linear], rows: int, forward) -> float:
+def _prepacked(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self._potluck_packed, self.bias, "none", [], "")
+
+
+def _pack(m: torch.nn.Linear) -> None:
+    # Keyed on the weight's storage and version: a model loaded again, or weights changed in place,
+    # are packed again.
+    key = (m.weight.data_ptr(), m.weight._version)
+    if getattr(m, "_potluck_packed_key", None) != key:
+        m._potluck_packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), 256)
+        m._potluck_packed_key = key
+
+
+def _can_prepack(dtype: torch.dtype) -> bool:
+    return (torch.backends.mkldnn.is_available() and dtype in (torch.float32, torch.bfloat16)
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+
+
+LAYOUTS: dict[str, Forward] = {"F.linear": _dense, "W @ x.T": _weight_first, "oneDNN prepacked": _prepacked}
+
+
+def _dispatch(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    few, small, large = self._potluck_plan
+    if rows == 0:
+        return F.linear(x, self.weight, self.bias)
+    return (few if rows <= FEW_ROWS else small if rows <= SMALL_ROWS else large)(self, x)
+
+
+def _time_layout(layers: list[torch.nn.Linear], rows: int, forward: Forward) -> float:
     # Not torch.randn: the global random state is the users' (a seed set before the engine starts).
     x = torch.ones(rows, layers[0].in_features, dtype=layers[0].weight.dtype)
     best = float("inf")
@@ -60,33 +109,71 @@ def _time_layout(layers: list[torch.nn.Linear], rows: int, forward) -> float:
     return best
 
 
-def choose(model: torch.nn.Module) -> bool:
-    """On a CPU, give the model's linear layers the faster small-batch layout; True if it changed.
+def _uninstall(linears: list[torch.nn.Linear], *, packed: bool) -> None:
+    attrs = ("forward", "_potluck_plan") + (("_potluck_packed", "_potluck_packed_key") if packed else ())
+    for m in linears:
+        for attr in attrs:
+            m.__dict__.pop(attr, None)
+
+
+# What was measured, per weight shape, dtype and thread count: the same on every model load of a
+# process (tests and benchmarks load the model many times).
+_plans: dict[tuple, dict[str, str]] = {}
+
+
+def choose(model: torch.nn.Module) -> dict[str, str]:
+    """On a CPU, give the model's linear layers the fastest call for each band of rows; returns the choice.
 
     Timed on the largest weight shape the model repeats in every layer (its MLP's), over as many
-    layers as make ~256 MB (more than any CPU cache, so the weights come from memory as in a
-    step), for 1 and 4 rows: ~0.1 s at load for the default model, under a second for any.
+    layers as make ~256 MB (~32 MB for the large band), each call three times: ~1 s at load for
+    the default model. An empty result: nothing changed (not a CPU, no linear layers).
     """
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     if not linears or linears[0].weight.device.type != "cpu":
-        return False
+        return {}
+    _uninstall(linears, packed=False)       # measured again on a model patched before: from plain F.linear
     by_shape: dict[tuple[int, int], list[torch.nn.Linear]] = {}
     for m in linears:
         by_shape.setdefault(tuple(m.weight.shape), []).append(m)
     repeated = [ms for ms in by_shape.values() if len(ms) > 1] or list(by_shape.values())
     layers = max(repeated, key=lambda ms: ms[0].weight.numel() * len(ms))
     each = layers[0].weight.numel() * layers[0].weight.element_size()
-    layers = layers[:max(2, TIMED_BYTES // each)]
-    base = alt = 0.0
-    for rows in (1, 4):
-        base += _time_layout(layers, rows, lambda m, x: F.linear(x, m.weight, m.bias))
-        alt += _time_layout(layers, rows, _weight_first)
-    faster = base > MIN_GAIN * alt
-    log.info("small-batch linear layout on this CPU: %s (1 + 4 rows over %d layers: F.linear %.1f ms, W @ x.T %.1f ms)",
-             "W @ x.T" if faster else "F.linear", len(layers), base * 1e3, alt * 1e3)
+    key = (tuple(layers[0].weight.shape), layers[0].weight.dtype, torch.get_num_threads())
+    plan = _plans.get(key) or _measure(layers, each)
+    _plans[key] = plan
+    prepacked = "oneDNN prepacked" in plan.values()
+    _uninstall(linears, packed=not prepacked)
+    if set(plan.values()) == {"F.linear"}:
+        return plan
+    forwards = tuple(LAYOUTS[plan[band]] for band, _ in BANDS)
     for m in linears:
-        if faster:
-            m.forward = types.MethodType(_weight_first, m)
-        else:
-            m.__dict__.pop("forward", None)     # measured again on a model patched before: undo
-    return faster
+        if prepacked:
+            _pack(m)
+        m._potluck_plan = forwards
+        m.forward = types.MethodType(_dispatch, m)
+    return plan
+
+
+def _measure(layers: list[torch.nn.Linear], each: int) -> dict[str, str]:
+    candidates = dict(LAYOUTS)
+    if not _can_prepack(layers[0].weight.dtype):
+        del candidates["oneDNN prepacked"]
+    plan: dict[str, str] = {}
+    report = []
+    for band, rows_timed in BANDS:
+        timed = layers[:max(2, (LARGE_TIMED_BYTES if band == "large" else TIMED_BYTES) // each)]
+        times: dict[str, float] = {}
+        for name, forward in candidates.items():
+            try:
+                if forward is _prepacked:
+                    for m in timed:
+                        _pack(m)
+                times[name] = sum(_time_layout(timed, rows, forward) for rows in rows_timed)
+            except RuntimeError as e:      # a oneDNN build without this dtype: not a candidate
+                log.info("linear layout %s unavailable: %s", name, str(e).splitlines()[0])
+        best = min(times, key=times.get)
+        plan[band] = best if times[best] * MIN_GAIN < times["F.linear"] else "F.linear"
+        report.append(f"{band} ({'+'.join(map(str, rows_timed))} rows): "
+                      + ", ".join(f"{n} {t * 1e3:.1f} ms" for n, t in times.items()))
+    log.info("linear layouts on this CPU: %s (%s)", plan, "; ".join(report))
+    return plan

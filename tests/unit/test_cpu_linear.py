@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -13,40 +14,102 @@ def _model(bias: bool) -> torch.nn.Module:
     return torch.nn.Sequential(*[torch.nn.Linear(64, 64, bias=bias) for _ in range(3)])
 
 
-def test_weight_first_layout_gives_the_products_of_f_linear_for_every_row_count():
+@pytest.fixture(autouse=True)
+def _fresh_plans():
+    cpu_linear._plans.clear()
+    yield
+    cpu_linear._plans.clear()
+
+
+def _layouts() -> list[cpu_linear.Forward]:
+    out = [cpu_linear._dense, cpu_linear._weight_first]
+    if cpu_linear._can_prepack(torch.float32):
+        out.append(cpu_linear._prepacked)
+    return out
+
+
+def test_every_layout_gives_the_products_of_f_linear_for_every_row_count():
     for bias in (False, True):
         layer = _model(bias)[0]
-        for shape in [(1, 1, 64), (1, 2, 64), (3, 64), (1, 8, 64), (2, 4, 64), (1, 9, 64), (1, 300, 64), (0, 64)]:
-            x = torch.randn(*shape)
-            got = cpu_linear._weight_first(layer, x)
-            want = F.linear(x, layer.weight, layer.bias)
-            assert got.shape == want.shape and got.is_contiguous()
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-        for x in (torch.randn(64), torch.randn(64, 5).t()):        # one vector; rows not contiguous
-            torch.testing.assert_close(cpu_linear._weight_first(layer, x), F.linear(x, layer.weight, layer.bias),
-                                       rtol=1e-5, atol=1e-5)
+        cpu_linear._pack(layer)
+        for forward in _layouts():
+            for shape in [(1, 1, 64), (1, 2, 64), (3, 64), (1, 8, 64), (2, 4, 64), (1, 9, 64), (1, 300, 64), (0, 64)]:
+                x = torch.randn(*shape)
+                got = forward(layer, x)
+                want = F.linear(x, layer.weight, layer.bias)
+                assert got.shape == want.shape and got.is_contiguous(), forward
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+            for x in (torch.randn(64), torch.randn(64, 5).t()):        # one vector; rows not contiguous
+                torch.testing.assert_close(forward(layer, x), F.linear(x, layer.weight, layer.bias),
+                                           rtol=1e-5, atol=1e-5)
 
 
-def test_choose_installs_the_faster_layout_and_undoes_it_when_slower(monkeypatch):
-    model = _model(True)
-    timings = {"F.linear": 2.0, "weight_first": 1.0}
+def test_a_prepacked_weight_is_packed_again_when_the_weight_changes():
+    if not cpu_linear._can_prepack(torch.float32):
+        pytest.skip("this PyTorch has no oneDNN linear")
+    layer = _model(True)[0]
+    cpu_linear._pack(layer)
+    with torch.no_grad():
+        layer.weight.mul_(2)
+    cpu_linear._pack(layer)
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(cpu_linear._prepacked(layer, x), F.linear(x, layer.weight, layer.bias),
+                               rtol=1e-5, atol=1e-5)
+
+
+def _fake_timings(monkeypatch, table: dict[str, dict[int, float]]) -> list[tuple[str, int]]:
+    names = {f: n for n, f in cpu_linear.LAYOUTS.items()}
+    calls = []
 
     def fake_time(layers, rows, forward):
-        return timings["weight_first" if forward is cpu_linear._weight_first else "F.linear"]
+        calls.append((names[forward], rows))
+        return table[names[forward]][rows]
     monkeypatch.setattr(cpu_linear, "_time_layout", fake_time)
-    x = torch.randn(1, 64)
-    assert cpu_linear.choose(model) is True
-    assert all("forward" in m.__dict__ for m in model)
-    torch.testing.assert_close(model(x), F.linear(F.linear(F.linear(x, model[0].weight, model[0].bias),
-                                                           model[1].weight, model[1].bias),
-                                                  model[2].weight, model[2].bias), rtol=1e-5, atol=1e-5)
-    timings["weight_first"] = 1.9          # within MIN_GAIN: not worth it
-    assert cpu_linear.choose(model) is False
-    assert not any("forward" in m.__dict__ for m in model)
+    monkeypatch.setattr(cpu_linear, "_can_prepack", lambda dtype: True)
+    return calls
+
+
+def test_choose_installs_the_fastest_call_per_band_of_rows_and_dispatches_on_each_calls_rows(monkeypatch):
+    if not cpu_linear._can_prepack(torch.float32):
+        pytest.skip("this PyTorch has no oneDNN linear")
+    model = _model(True)
+    slow = {1: 2.0, 2: 2.0, 4: 2.0, 16: 2.0, 256: 2.0}
+    fast = {1: 1.0, 2: 1.0, 4: 1.0, 16: 1.0, 256: 1.0}
+    calls = _fake_timings(monkeypatch, {"F.linear": slow,
+                                        "W @ x.T": {**slow, 1: 1.0, 2: 1.0},
+                                        "oneDNN prepacked": {**fast, 1: 3.0, 2: 3.0}})
+    plan = cpu_linear.choose(model)
+    assert plan == {"few": "W @ x.T", "small": "oneDNN prepacked", "large": "oneDNN prepacked"}
+    assert all(hasattr(m, "_potluck_packed") for m in model)
+    used = []
+    # Spy on which band's call each product goes through.
+    for m in model:
+        m._potluck_plan = tuple((lambda f, n: lambda self, x: (used.append(n), f(self, x))[1])(f, n)
+                                for f, n in zip(m._potluck_plan, ("few", "small", "large")))
+    for rows, band in ((1, "few"), (2, "few"), (3, "small"), (64, "small"), (65, "large"), (300, "large")):
+        used.clear()
+        x = torch.randn(1, rows, 64)
+        want = x
+        for m in model:
+            want = F.linear(want, m.weight, m.bias)
+        torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)
+        assert used == [band] * 3, (rows, used)
+    # Measured once a process: a second load of the same shapes installs the same plan without timing.
+    measured = len(calls)
+    assert cpu_linear.choose(_model(False)) == plan and len(calls) == measured
+
+
+def test_choose_keeps_f_linear_within_the_noise_and_drops_the_packed_copies(monkeypatch):
+    model = _model(True)
+    _fake_timings(monkeypatch, {"F.linear": dict.fromkeys((1, 2, 4, 16, 256), 1.0),
+                                "W @ x.T": dict.fromkeys((1, 2, 4, 16, 256), 0.95),
+                                "oneDNN prepacked": dict.fromkeys((1, 2, 4, 16, 256), 0.95)})
+    assert set(cpu_linear.choose(model).values()) == {"F.linear"}
+    assert not any("forward" in m.__dict__ or hasattr(m, "_potluck_packed") for m in model)
 
 
 def test_choose_leaves_a_model_without_linear_layers_alone():
-    assert cpu_linear.choose(torch.nn.Sequential(torch.nn.ReLU())) is False
+    assert cpu_linear.choose(torch.nn.Sequential(torch.nn.ReLU())) == {}
 
 
 def test_decode_rows_are_grouped_by_context_length_only_where_padding_would_cost():
