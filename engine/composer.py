@@ -51,21 +51,27 @@ from .scheduler import BATCH, FairScheduler, Schedulable
 
 # seconds = fixed + prefill_token * P + decode_seq * D + prefill_chunk * C + decode_key * K
 #           + prefill_pair * Q + min(rows, SMALL_STEP_ROWS) * S.
-# A start only: fitted to the default 135M model's steps on a 2-core CPU (float32, small batches in
-# the layout ``cpu_linear`` picks; ~1400 steps of floods with a light user beside). A step's first
-# rows (tokens through the linear layers) cost more each than later ones: a few rows only stream
-# the weights, more rows reuse them (on this CPU ~5 ms a row for the first 16, ~1.5 after). Without
-# that term a fit over mostly large steps puts the difference into the fixed cost and predicts a
-# lone decode at 40 ms instead of 31, which loosens every light user's target. A prefill chunk pays
-# its own gather, mask and attention call in every layer; a decode reads its context's keys (the
-# runner pads a decode only to contexts of like length, at most ~2x);
+# A start only: fitted to the default 135M model's steps on a 2-core CPU (float32, each band of rows
+# through the call ``cpu_linear`` picks; ~1200 steps: floods with a light user beside, and a grid of
+# mixed decode and prompt shapes). A step's first rows can cost more each than later ones (a few rows
+# only stream the weights, more reuse them; with F.linear alone on this CPU ~5 ms a row for the first
+# 16 against ~1.5 after): that term lets the online fit find it on a device where it is so. With
+# oneDNN's prepacked weights it is small here (under 1 ms a row). A prefill chunk pays its own
+# gather, mask and attention call in every layer; a decode reads its context's keys (~7 ms for a
+# 900-token context here: the runner pads a decode only to contexts of like length, at most ~2x);
 # a chunk after ``s`` cached tokens attends n x (s + n) query-key pairs (a 900-token prompt's last
 # chunk spends a third of its time there). A GPU is orders of magnitude faster, and the online fit
 # replaces these within a few dozen steps. Targets are ratios of two predictions, so a wrong scale
 # alone does not mislead the composer.
-PRIOR = (0.0245, 0.0013, 0.0020, 0.005, 0.0000043, 0.0000004, 0.0038)
+PRIOR = (0.030, 0.0010, 0.0015, 0.004, 0.0000080, 0.0000010, 0.0008)
 SMALL_STEP_ROWS = 16
 WINDOW = 256          # measured steps the fit remembers
+# ... and steps of a few rows (a light user's own: LONE_ROWS or fewer) apart, so a long run of a
+# flood's larger steps does not push out the steps a light user's target is a multiple of: the fit
+# could then no longer tell the fixed cost from the first rows' extra, and would move the lone
+# decode's prediction.
+LONE_ROWS = 4
+SMALL_WINDOW = 64
 REFIT_EVERY = 8       # steps between fits
 # How strongly the prior's *proportions* hold each term, in steps' worth of evidence: enough to
 # keep terms the recent steps cannot separate (always the same mix) in the prior's proportion,
@@ -113,8 +119,8 @@ class CostModel:
         self.prior = np.array(prior, dtype=float)
         self.coef = self.prior.copy()
         self._c = tuple(float(v) for v in self.coef)
-        self._x: deque[np.ndarray] = deque(maxlen=WINDOW)
-        self._y: deque[float] = deque(maxlen=WINDOW)
+        self._large: deque[tuple[np.ndarray, float]] = deque(maxlen=WINDOW)
+        self._small: deque[tuple[np.ndarray, float]] = deque(maxlen=SMALL_WINDOW)
         self._since_fit = 0
         self.observed = 0
 
@@ -135,8 +141,8 @@ class CostModel:
         return c[0] + c[3] * chunks + c[6] * SMALL_STEP_ROWS
 
     def observe(self, shape: StepShape, seconds: float) -> None:
-        self._x.append(shape.features())
-        self._y.append(seconds)
+        small = shape.prefill_tokens + shape.decode_seqs <= LONE_ROWS
+        (self._small if small else self._large).append((shape.features(), seconds))
         self.observed += 1
         self._since_fit += 1
         if self._since_fit >= REFIT_EVERY:
@@ -150,8 +156,9 @@ class CostModel:
         terms compare, not its absolute numbers.
         """
         self._since_fit = 0
-        x = np.array(self._x)
-        y = np.array(self._y)
+        seen = [*self._small, *self._large]
+        x = np.array([f for f, _ in seen])
+        y = np.array([t for _, t in seen])
         speed = float(np.median(y / np.maximum(x @ self.prior, 1e-9)))
         prior = self.prior * speed
         # Relative error: a 5 ms step counts as much as a 500 ms one.

@@ -225,7 +225,9 @@ def test_the_cost_model_learns_what_a_prompt_chunk_and_its_context_cost():
 def test_a_lone_decode_stays_well_predicted_through_a_long_run_of_large_flood_steps():
     # The target of a light user beside a flood is a multiple of its lone step, which is not seen while
     # the flood runs: the fit over the flood's large steps must not move it (found on the CPU: without
-    # the first-rows term it drifted from 31 to 40 ms and every held step was a third too long).
+    # the first-rows term it drifted from 31 to 40 ms and every held step was a third too long). Here the
+    # device's first rows cost ~5x what the prior says (TRUE is the CPU with F.linear alone): the lone
+    # steps seen before the flood are kept apart from its steps, so the fit can still tell that term.
     model = CostModel()
     rng = random.Random(5)
     lone = StepShape().plus(37, 1)
