@@ -27,11 +27,11 @@ Policies: ``vtc`` (fair order, every step fills the token budget:
 ``latency_target_factor=0``), ``fcfs`` (first come first served, factor 0),
 ``composer`` (the default: fair order, steps carrying latency-sensitive work
 kept within the target, a lone flood's steps cut to the flood cap, a light
-newcomer preempting a lone flood's long step), ``composer-bf16`` (the same with
-the model in bfloat16: not the default, shown because on a CPU with native
-bfloat16 small batches cost far less per row, which is what a held step gives
-the flood; each policy's light tenant is compared with its own latency alone on
-the same engine, so the ratio is not flattered by the faster dtype). With
+newcomer preempting a lone flood's long step), ``composer-fp32`` (the same with
+the model in float32, the ``cpu`` profile: what a CPU without bfloat16 arithmetic
+gets by default; on one with it, the default is ``cpu-bf16``; each policy's light
+tenant is compared with its own latency alone on the same engine, so a ratio is
+not flattered by a faster dtype). With
 ``--factors`` the composer is run again at those target factors on the prefill
 flood only: the trade-off between the light tenant's latency and what the flood
 keeps. Because the flood cap also slows a flood that is alone, each flood's
@@ -68,9 +68,9 @@ POLICIES = {
     "vtc": ("--PotluckEngine.latency_target_factor=0",),
     "fcfs": ("--PotluckEngine.scheduler=fcfs", "--PotluckEngine.latency_target_factor=0"),
     "composer": (),
-    # Not the default: the model in bfloat16. On a CPU with native bfloat16 (AVX512-BF16, AMX) a step's
-    # first rows cost ~1/3 of float32's each, and those rows are what a held step gives the flood.
-    "composer-bf16": ("--PotluckEngine.profile_overrides=dtype=bfloat16",),
+    # The default policy on the float32 profile: what a CPU without bfloat16 arithmetic gets (on one
+    # with it, "auto" picks the bfloat16 profile, so there "composer" is bfloat16).
+    "composer-fp32": ("--PotluckEngine.profile=cpu",),
 }
 DEFAULT_FACTOR = 2.0            # the composer's default latency_target_factor (engine/config.py)
 FLOODS = ("prefill", "decode", "inferlet", "batch")

@@ -34,6 +34,7 @@ class Device:
     total_bytes: int
     free_bytes: int
     cpu_count: int
+    native_bf16: bool = False     # a CPU with bfloat16 arithmetic (AVX512-BF16 or AMX)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -63,8 +64,14 @@ class Profile:
 
 # Named profiles. The CPU budget is small because a CPU step's time grows
 # linearly with its tokens: a big prefill chunk would stall everyone's decode.
+# A CPU with bfloat16 arithmetic runs the model in bfloat16 (the dtype the default model was trained
+# and published in): on the 2-core AMD EPYC of our benchmarks, with oneDNN's prepacked weights
+# (``cpu_linear``), a 256-token step's products take 132 ms against 253 in float32, one row 13 ms
+# against 15, and the KV cache takes half the memory. Elsewhere bfloat16 is emulated and slower:
+# float32.
 PROFILES: dict[str, Profile] = {
     "cpu": Profile("cpu", "cpu", "float32", "sdpa", 0.25, 4096, 16, 256, 64, 4096),
+    "cpu-bf16": Profile("cpu-bf16", "cpu", "bfloat16", "sdpa", 0.25, 4096, 16, 256, 64, 4096),
     "cuda-sm80": Profile("cuda-sm80", "cuda", "bfloat16", "sdpa", 0.85, 0, 16, 8192, 256, 16384),
     "cuda-legacy": Profile("cuda-legacy", "cuda", "float16", "sdpa", 0.80, 0, 16, 4096, 128, 8192),
 }
@@ -167,7 +174,10 @@ def detect_device() -> Device:
         free = int(info["MemAvailable"].split()[0]) * 1024
     except (OSError, KeyError, ValueError):
         pass
-    return Device("cpu", "cpu", None, total, free, cpus)
+    cpu = getattr(torch, "cpu", None)
+    native_bf16 = any(getattr(cpu, probe, lambda: False)()
+                      for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return Device("cpu", "cpu", None, total, free, cpus, native_bf16)
 
 
 def choose_profile(device: Device, name: str = "auto", overrides: dict | None = None,
@@ -186,7 +196,7 @@ def choose_profile(device: Device, name: str = "auto", overrides: dict | None = 
         if device.kind == "cuda":
             name = "cuda-sm80" if device.capability and device.capability >= (8, 0) else "cuda-legacy"
         else:
-            name = "cpu"
+            name = "cpu-bf16" if device.native_bf16 else "cpu"
     if name not in profiles:
         raise ValueError(f"unknown accelerator profile {name!r}; known: {', '.join(sorted(profiles))}")
     profile = profiles[name]

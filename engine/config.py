@@ -53,7 +53,8 @@ class EngineConfig(Configurable):
 
     profile = Unicode(
         "auto",
-        help="""Accelerator profile: "auto" picks by hardware ("cpu", "cuda-sm80", "cuda-legacy"),
+        help="""Accelerator profile: "auto" picks by hardware ("cpu-bf16" on a CPU with
+        bfloat16 arithmetic (AVX512-BF16, AMX), else "cpu" (float32); "cuda-sm80", "cuda-legacy"),
         or the name of a built-in or extra profile.""",
     ).tag(config=True)
 

@@ -183,7 +183,8 @@ def test_admin_input_is_checked(engine_proc):
 
 
 def test_the_engine_keeps_serving_after_all_that(ivan, engine_proc):
-    r = ivan.post("/api/generate", json={"prompt": "Still there?", "max_tokens": 2})
-    assert r.status_code == 200 and len(r.json()["tokens"]) >= 1
+    # ignore_eos: whether the model's first token is an end is the model's business, not this test's.
+    r = ivan.post("/api/generate", json={"prompt": "Still there?", "max_tokens": 2, "ignore_eos": True})
+    assert r.status_code == 200 and len(r.json()["tokens"]) == 2
     s = engine_proc.status()
     assert s["running_generations"] == 0 and s["kv"]["used_pages"] == 0

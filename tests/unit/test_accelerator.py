@@ -7,12 +7,15 @@ import pytest
 from potluck.engine.accelerator import Device, choose_profile
 
 CPU = Device("cpu", "cpu", None, 24 << 30, 20 << 30, 2)
+CPU_BF16 = Device("cpu", "cpu", None, 24 << 30, 20 << 30, 2, native_bf16=True)
 H100 = Device("cuda", "NVIDIA H100", (9, 0), 80 << 30, 79 << 30, 16)
 T4 = Device("cuda", "Tesla T4", (7, 5), 16 << 30, 15 << 30, 8)
 
 
 def test_auto_picks_dtype_by_hardware():
     assert choose_profile(CPU).dtype == "float32"
+    assert choose_profile(CPU_BF16).dtype == "bfloat16" and choose_profile(CPU_BF16).name == "cpu-bf16"
+    assert choose_profile(CPU_BF16, "cpu").dtype == "float32"          # an admin can ask for float32 by name
     assert choose_profile(H100).dtype == "bfloat16"
     assert choose_profile(T4).dtype == "float16"
 
@@ -22,6 +25,14 @@ def test_admin_overrides_a_field_and_adds_a_named_profile():
     assert p.batch_token_budget == 64 and p.name == "cpu"
     p = choose_profile(H100, "lab-gpu", extra_profiles={"lab-gpu": {"base": "cuda-sm80", "page_size": 32}})
     assert p.page_size == 32 and p.dtype == "bfloat16" and p.name == "lab-gpu"
+
+
+def test_the_device_says_whether_its_cpu_has_bfloat16_arithmetic():
+    import torch
+    from potluck.engine.accelerator import detect_device
+    device = detect_device()
+    if device.kind == "cpu":
+        assert device.native_bf16 == (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def test_unknown_profile_or_field_is_refused_by_name():
