@@ -29,6 +29,7 @@ command line (parsing, config files, ``main``) stays in ``app.py``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -222,6 +223,11 @@ async def serve(settings: PotluckEngine) -> int:
         ledger.close()
         store.close()
         return 1
+    # Everything loaded so far (the model, transformers, the app: ~500,000 objects) lives as long as
+    # the process. Left to the collector, each full collection walks all of it: ~250 ms with the
+    # default model on a 2-core CPU, a stall of every user's step at random moments (one light
+    # request of ~40 beside a decode flood took 3x its usual time for it). Frozen, they are not scanned.
+    gc.freeze()
     log.info("Potluck engine %s serving %s at http://%s:%d%s", __version__, engine.model_name,
              settings.ip, settings.port, base)
     if pool:
