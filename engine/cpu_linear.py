@@ -22,7 +22,8 @@ for the held step to carry the heavy user's work at all.
 Which call is fastest depends on the CPU, the BLAS and the dtype, so ``choose`` times each on
 the model's own weights at load, for each band of rows, and installs a forward that dispatches
 on the rows of each call. The dense weights stay (the module is still an ordinary
-``nn.Linear``); a prepacked copy is kept beside them only where it won a band.
+``nn.Linear``); a prepacked copy is kept beside them only where it won a band. The copy is of
+the weights at load: weights changed afterwards need ``choose`` again.
 """
 
 from __future__ import annotations
@@ -71,12 +72,8 @@ def _prepacked(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
 
 
 def _pack(m: torch.nn.Linear) -> None:
-    # Keyed on the weight's storage and version: a model loaded again, or weights changed in place,
-    # are packed again.
-    key = (m.weight.data_ptr(), m.weight._version)
-    if getattr(m, "_potluck_packed_key", None) != key:
-        m._potluck_packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), 256)
-        m._potluck_packed_key = key
+    # A copy of the weights as they are now: weights changed after ``choose`` need ``choose`` again.
+    m._potluck_packed = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), 256)
 
 
 def _can_prepack(dtype: torch.dtype) -> bool:
@@ -109,10 +106,9 @@ def _time_layout(layers: list[torch.nn.Linear], rows: int, forward: Forward) -> 
     return best
 
 
-def _uninstall(linears: list[torch.nn.Linear], *, packed: bool) -> None:
-    attrs = ("forward", "_potluck_plan") + (("_potluck_packed", "_potluck_packed_key") if packed else ())
+def _uninstall(linears: list[torch.nn.Linear]) -> None:
     for m in linears:
-        for attr in attrs:
+        for attr in ("forward", "_potluck_plan", "_potluck_packed"):
             m.__dict__.pop(attr, None)
 
 
@@ -131,7 +127,7 @@ def choose(model: torch.nn.Module) -> dict[str, str]:
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     if not linears or linears[0].weight.device.type != "cpu":
         return {}
-    _uninstall(linears, packed=False)       # measured again on a model patched before: from plain F.linear
+    _uninstall(linears)         # measured again on a model patched before: from plain F.linear
     by_shape: dict[tuple[int, int], list[torch.nn.Linear]] = {}
     for m in linears:
         by_shape.setdefault(tuple(m.weight.shape), []).append(m)
@@ -141,16 +137,30 @@ def choose(model: torch.nn.Module) -> dict[str, str]:
     key = (tuple(layers[0].weight.shape), layers[0].weight.dtype, torch.get_num_threads())
     plan = _plans.get(key) or _measure(layers, each)
     _plans[key] = plan
-    prepacked = "oneDNN prepacked" in plan.values()
-    _uninstall(linears, packed=not prepacked)
     if set(plan.values()) == {"F.linear"}:
+        _uninstall(linears)
         return plan
     forwards = tuple(LAYOUTS[plan[band]] for band, _ in BANDS)
+    dense = tuple(_dense if f is _prepacked else f for f in forwards)
+    packed_bytes = 0
     for m in linears:
-        if prepacked:
-            _pack(m)
-        m._potluck_plan = forwards
+        mine = forwards
+        if _prepacked in forwards:
+            try:
+                if m.weight.dtype != layers[0].weight.dtype:
+                    raise RuntimeError(f"its weights are {m.weight.dtype}, the calls were timed in "
+                                       f"{layers[0].weight.dtype}")
+                if "_potluck_packed" not in m.__dict__:      # not packed by this call's timing
+                    _pack(m)
+                packed_bytes += m.weight.numel() * m.weight.element_size()
+            except RuntimeError as e:       # this layer keeps F.linear where the plan says oneDNN
+                m.__dict__.pop("_potluck_packed", None)
+                log.info("linear layer %s not prepacked: %s", tuple(m.weight.shape), str(e).splitlines()[0])
+                mine = dense
+        m._potluck_plan = mine
         m.forward = types.MethodType(_dispatch, m)
+    if packed_bytes:
+        log.info("linear layers prepacked for oneDNN: %d MB beside the weights", packed_bytes >> 20)
     return plan
 
 

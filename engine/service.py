@@ -226,7 +226,9 @@ async def serve(settings: PotluckEngine) -> int:
     # Everything loaded so far (the model, transformers, the app: ~500,000 objects) lives as long as
     # the process. Left to the collector, each full collection walks all of it: ~250 ms with the
     # default model on a 2-core CPU, a stall of every user's step at random moments (one light
-    # request of ~40 beside a decode flood took 3x its usual time for it). Frozen, they are not scanned.
+    # request of ~40 beside a decode flood took 3x its usual time for it). Frozen, they are not scanned;
+    # collected first, so start-up's garbage is not frozen with them.
+    gc.collect()
     gc.freeze()
     log.info("Potluck engine %s serving %s at http://%s:%d%s", __version__, engine.model_name,
              settings.ip, settings.port, base)

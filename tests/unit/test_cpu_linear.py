@@ -44,19 +44,6 @@ def test_every_layout_gives_the_products_of_f_linear_for_every_row_count():
                                            rtol=1e-5, atol=1e-5)
 
 
-def test_a_prepacked_weight_is_packed_again_when_the_weight_changes():
-    if not cpu_linear._can_prepack(torch.float32):
-        pytest.skip("this PyTorch has no oneDNN linear")
-    layer = _model(True)[0]
-    cpu_linear._pack(layer)
-    with torch.no_grad():
-        layer.weight.mul_(2)
-    cpu_linear._pack(layer)
-    x = torch.randn(5, 64)
-    torch.testing.assert_close(cpu_linear._prepacked(layer, x), F.linear(x, layer.weight, layer.bias),
-                               rtol=1e-5, atol=1e-5)
-
-
 def _fake_timings(monkeypatch, table: dict[str, dict[int, float]]) -> list[tuple[str, int]]:
     names = {f: n for n, f in cpu_linear.LAYOUTS.items()}
     calls = []
@@ -97,6 +84,40 @@ def test_choose_installs_the_fastest_call_per_band_of_rows_and_dispatches_on_eac
     # Measured once a process: a second load of the same shapes installs the same plan without timing.
     measured = len(calls)
     assert cpu_linear.choose(_model(False)) == plan and len(calls) == measured
+
+
+def test_choose_packs_the_weights_as_they_are_and_a_layer_it_cannot_pack_keeps_f_linear(monkeypatch):
+    if not cpu_linear._can_prepack(torch.float32):
+        pytest.skip("this PyTorch has no oneDNN linear")
+    model = _model(True)
+    fast = dict.fromkeys((1, 2, 4, 16, 256), 1.0)
+    _fake_timings(monkeypatch, {"F.linear": dict.fromkeys(fast, 2.0), "W @ x.T": dict.fromkeys(fast, 2.0),
+                                "oneDNN prepacked": fast})
+    x = torch.randn(5, 64)
+
+    def reference():
+        y = x
+        for m in model:
+            y = F.linear(y, m.weight, m.bias)
+        return y
+    assert set(cpu_linear.choose(model).values()) == {"oneDNN prepacked"}
+    with torch.no_grad():
+        for m in model:
+            m.weight.mul_(2)        # weights changed after load: choose packs them again
+    cpu_linear.choose(model)
+    torch.testing.assert_close(model(x), reference(), rtol=1e-5, atol=1e-5)
+
+    pack = cpu_linear._pack
+
+    def refuse_the_middle_one(m):
+        if m is model[1]:
+            raise RuntimeError("oneDNN: unsupported")
+        pack(m)
+    monkeypatch.setattr(cpu_linear, "_pack", refuse_the_middle_one)
+    cpu_linear.choose(model)
+    assert model[1]._potluck_plan == (cpu_linear._dense,) * 3 and not hasattr(model[1], "_potluck_packed")
+    assert model[0]._potluck_plan == (cpu_linear._prepacked,) * 3
+    torch.testing.assert_close(model(x), reference(), rtol=1e-5, atol=1e-5)
 
 
 def test_choose_keeps_f_linear_within_the_noise_and_drops_the_packed_copies(monkeypatch):
