@@ -154,9 +154,10 @@ def choose(model: torch.nn.Module) -> dict[str, str]:
                     _pack(m)
                 packed_bytes += m.weight.numel() * m.weight.element_size()
             except RuntimeError as e:       # this layer keeps F.linear where the plan says oneDNN
-                m.__dict__.pop("_potluck_packed", None)
                 log.info("linear layer %s not prepacked: %s", tuple(m.weight.shape), str(e).splitlines()[0])
                 mine = dense
+        if _prepacked not in mine:          # a copy made only to time the calls
+            m.__dict__.pop("_potluck_packed", None)
         m._potluck_plan = mine
         m.forward = types.MethodType(_dispatch, m)
     if packed_bytes:

@@ -42,6 +42,9 @@ def test_status_is_public_and_describes_the_engine(engine_proc):
     assert s["model"] == "SmolLM2-135M-Instruct"
     assert s["kv"]["total_pages"] == 256 and s["kv"]["page_size"] == s["profile"]["page_size"]
     assert {"device", "profile", "queue_depth", "active_tenants", "version", "max_context_tokens"} <= set(s)
+    # At the default the profile follows the CPU: bfloat16 where it has bfloat16 arithmetic, else float32.
+    bf16 = s["device"]["native_bf16"]
+    assert (s["profile"]["name"], s["profile"]["dtype"]) == (("cpu-bf16", "bfloat16") if bf16 else ("cpu", "float32"))
 
 
 def test_help_all_documents_every_setting():

@@ -120,6 +120,20 @@ def test_choose_packs_the_weights_as_they_are_and_a_layer_it_cannot_pack_keeps_f
     torch.testing.assert_close(model(x), reference(), rtol=1e-5, atol=1e-5)
 
 
+def test_no_layer_keeps_a_packed_copy_the_plan_does_not_use(monkeypatch):
+    # Timing packs the timed layers; where oneDNN then wins no band, those copies must go (with the
+    # default model in float32 they would be ~256 MB held for nothing).
+    if not cpu_linear._can_prepack(torch.float32):
+        pytest.skip("this PyTorch has no oneDNN linear")
+    model = _model(True)
+    rows = (1, 2, 4, 16, 256)
+    _fake_timings(monkeypatch, {"F.linear": dict.fromkeys(rows, 2.0), "W @ x.T": dict.fromkeys(rows, 1.0),
+                                "oneDNN prepacked": dict.fromkeys(rows, 1.5)})
+    assert set(cpu_linear.choose(model).values()) == {"W @ x.T"}
+    assert all(m._potluck_plan == (cpu_linear._weight_first,) * 3 for m in model)
+    assert not any(hasattr(m, "_potluck_packed") for m in model)
+
+
 def test_choose_keeps_f_linear_within_the_noise_and_drops_the_packed_copies(monkeypatch):
     model = _model(True)
     _fake_timings(monkeypatch, {"F.linear": dict.fromkeys((1, 2, 4, 16, 256), 1.0),
